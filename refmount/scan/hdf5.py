@@ -53,9 +53,11 @@ class Problem:
     path: str  # HDF5 path of the object
     reason: str
     action: str  # INLINED_DECODED | SKIPPED | ATTRIBUTE_DROPPED
+    detail: str = ""  # why the action was chosen, e.g. too big to inline
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason} ({self.action})"
+        detail = f": {self.detail}" if self.detail else ""
+        return f"{self.path}: {self.reason} ({self.action}{detail})"
 
 
 @dataclass
@@ -221,8 +223,8 @@ class _Scanner:
         self.dims = DimensionNamer()
         self._groups_seen: set[Any] = set()
 
-    def problem(self, path: str, reason: str, action: str) -> None:
-        self.report.problems.append(Problem(path, reason, action))
+    def problem(self, path: str, reason: str, action: str, detail: str = "") -> None:
+        self.report.problems.append(Problem(path, reason, action, detail))
 
     def scan(self) -> None:
         self.group(self.h5["/"], "")
@@ -420,15 +422,15 @@ class _Scanner:
         dt = packed_dtype(ds.dtype)
         nbytes = ds.size * dt.itemsize
         if not exc.decodable or nbytes > self.decoded_limit:
-            limit = "" if not exc.decodable else f"; {nbytes} bytes decoded exceeds the inline limit {self.decoded_limit}"
-            self.problem(ds.name, exc.reason + limit, SKIPPED)
+            limit = "" if not exc.decodable else f"{nbytes} bytes decoded exceed the inline limit {self.decoded_limit}"
+            self.problem(ds.name, exc.reason, SKIPPED, limit)
             return
         try:
             chunks = self.inline_decoded(ds, zpath, dt)
             fill_json = encode_fill_value(np.asarray(fill).astype(dt) if fill is not None else None, dt)
             meta = zarray(ds.shape, ds.shape, zarr_dtype(dt), fill_json, None, None)
         except (OSError, TypeError, ValueError) as err:
-            self.problem(ds.name, f"{exc.reason}; reading it decoded failed: {err}", SKIPPED)
+            self.problem(ds.name, exc.reason, SKIPPED, f"reading it decoded failed: {err}")
             return
         self.problem(ds.name, exc.reason, INLINED_DECODED)
         self.emit(zpath, meta, attrs, chunks)
