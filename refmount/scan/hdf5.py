@@ -206,6 +206,17 @@ def packed_dtype(dt: np.dtype) -> np.dtype:
     return np.dtype([(n, packed_dtype(dt.fields[n][0])) for n in dt.names])
 
 
+def _load_filter_plugins() -> None:
+    """Make HDF5 plugin filters (blosc, lz4, ...) readable when hdf5plugin is installed.
+
+    Only needed to decode datasets we inline decoded; optional by design.
+    """
+    try:
+        import hdf5plugin  # noqa: F401  (registers the filters with HDF5 on import)
+    except ImportError:
+        pass
+
+
 def _grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
     """Number of chunks along each axis."""
     return tuple(math.ceil(s / c) if c else 0 for s, c in zip(shape, chunks))
@@ -326,32 +337,43 @@ class _Scanner:
             fill_json = encode_fill_value(fill, dt)
         except UnrepresentableDtype as exc:
             raise _Unrepresentable(f"datatype: {exc}", decodable=True) from exc
+        pipeline = read_pipeline(dcpl)
+        found: list[tuple[tuple[int, ...], int, int]] = []
+        if layout == h5py.h5d.CHUNKED:
+            chunk_shape = ds.chunks
+            found, mask = self.chunk_index(ds, chunk_shape)
+            # An optional filter that failed on every chunk was skipped on every chunk.
+            pipeline = [spec for i, spec in enumerate(pipeline) if not mask & (1 << i)]
+        else:
+            chunk_shape = ds.shape
         try:
-            codecs = map_pipeline(read_pipeline(dcpl), dt)
+            codecs = map_pipeline(pipeline, dt)
         except UnsupportedFilter as exc:
             raise _Unrepresentable(str(exc), decodable=True) from exc
         if layout == h5py.h5d.CHUNKED:
-            chunk_shape = ds.chunks
-            chunks = self.chunked(ds, zpath, chunk_shape)
+            chunks = self.chunked(ds, zpath, chunk_shape, found)
         elif layout == h5py.h5d.CONTIGUOUS:
-            chunk_shape = ds.shape
             chunks = self.contiguous(ds, zpath)
         else:  # COMPACT: data lives in the object header, so carry it inline
-            chunk_shape = ds.shape
             chunks = self.inline_decoded(ds, zpath, dt)
             codecs = ZarrCodecs(None, None)
         meta = zarray(ds.shape, chunk_shape, zdt, fill_json, codecs.compressor, codecs.filters)
         return meta, chunks
 
-    def chunked(self, ds: h5py.Dataset, zpath: str, chunk_shape: tuple[int, ...]) -> dict[str, Any]:
-        """One reference per written chunk; unwritten chunks are left out (read as fill)."""
+    def chunk_index(
+        self, ds: h5py.Dataset, chunk_shape: tuple[int, ...]
+    ) -> tuple[list[tuple[tuple[int, ...], int, int]], int]:
+        """(chunk index, file offset, stored size) of every written chunk, and their filter mask.
+
+        Chunks outside the current extent (left by shrinking) are dropped.
+        Chunks with different filter masks cannot share one Zarr pipeline.
+        """
         grid = _grid(ds.shape, chunk_shape)
         found: list[tuple[tuple[int, ...], int, int]] = []
-        masked: list[int] = []
+        masks: set[int] = set()
 
         def visit(info: Any) -> None:
-            if info.filter_mask:
-                masked.append(info.filter_mask)
+            masks.add(info.filter_mask)
             index = tuple(o // c for o, c in zip(info.chunk_offset, chunk_shape))
             if all(i < n for i, n in zip(index, grid)):
                 found.append((index, info.byte_offset, info.size))
@@ -361,12 +383,19 @@ class _Scanner:
         except (AttributeError, NotImplementedError):
             for i in range(ds.id.get_num_chunks()):
                 visit(ds.id.get_chunk_info(i))
-        if masked:
+        if len(masks) > 1:
             raise _Unrepresentable(
-                f"{len(masked)} chunk(s) skipped filters (filter mask {masked[0]:#x}); "
+                f"chunks skip different optional filters (filter masks {sorted(masks)}); "
                 "Zarr needs one codec pipeline for all chunks",
                 decodable=True,
             )
+        return found, masks.pop() if masks else 0
+
+    def chunked(
+        self, ds: h5py.Dataset, zpath: str, chunk_shape: tuple[int, ...],
+        found: list[tuple[tuple[int, ...], int, int]],
+    ) -> dict[str, Any]:
+        """One reference per written chunk; unwritten chunks are left out (read as fill)."""
         out: dict[str, Any] = {}
         for index, offset, size in found:
             key = chunk_key(zpath, index)
@@ -425,6 +454,7 @@ class _Scanner:
             limit = "" if not exc.decodable else f"{nbytes} bytes decoded exceed the inline limit {self.decoded_limit}"
             self.problem(ds.name, exc.reason, SKIPPED, limit)
             return
+        _load_filter_plugins()
         try:
             chunks = self.inline_decoded(ds, zpath, dt)
             fill_json = encode_fill_value(np.asarray(fill).astype(dt) if fill is not None else None, dt)
