@@ -124,7 +124,7 @@ def encode_fill_value(value: Any, dt: np.dtype) -> JSON:
         raw = np.array(value, dtype=dt).tobytes() if arr.dtype != dt else arr.tobytes()
         return base64.standard_b64encode(raw).decode("ascii")
     if dt.kind == "S":
-        raw = arr.astype(dt).item()
+        raw = arr.astype(dt).tobytes()
         return base64.standard_b64encode(raw).decode("ascii")
     if dt.kind == "U":
         return str(arr.astype(dt).item())

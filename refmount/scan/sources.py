@@ -130,7 +130,7 @@ def open_hdf5(url: str, storage_options: dict[str, Any] | None = None) -> Iterat
     with contextlib.ExitStack() as stack:
         try:
             if is_local(url):
-                h5 = h5py.File(local_path(url), "r", locking=False)
+                h5 = h5py.File(local_path(url), "r")
             else:
                 fobj = stack.enter_context(
                     fs.open(path, "rb", block_size=BLOCK_SIZE, cache_type="blockcache",
