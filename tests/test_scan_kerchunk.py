@@ -15,9 +15,9 @@ import hdf5plugin  # noqa: F401  (lets h5py copy plugin-filtered datasets)
 import numpy as np
 import pytest
 
-from h5matrix import make_matrix, make_netcdf
+from .h5matrix import make_matrix, make_netcdf
 from refmount.scan import scan_hdf5
-from scan_fixtures import assert_same_array, h5_datasets, h5_values, open_refs
+from .scan_fixtures import assert_same_array, h5_datasets, h5_values, open_refs
 
 kerchunk_hdf = pytest.importorskip("kerchunk.hdf")
 

@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-from h5matrix import INLINED_DECODED, UNSUPPORTED, make_matrix, make_userblock
+from .h5matrix import INLINED_DECODED, UNSUPPORTED, make_matrix, make_userblock
 from refmount.scan import scan_hdf5
-from scan_fixtures import assert_same_array, decode_manually, h5_datasets, h5_values, open_refs
+from .scan_fixtures import assert_same_array, decode_manually, h5_datasets, h5_values, open_refs
 
 #: Valid Zarr v2 dtypes that zarr-python 3 refuses to read (nested / subarray fields).
 ZARR3_UNREADABLE = {"dtypes/compound_nested"}

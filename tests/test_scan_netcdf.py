@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from h5matrix import make_netcdf
+from .h5matrix import make_netcdf
 from refmount.scan import scan_hdf5
-from scan_fixtures import open_refs
+from .scan_fixtures import open_refs
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from h5matrix import make_clean, make_many_chunks, make_matrix
+from .h5matrix import make_clean, make_many_chunks, make_matrix
 from refmount.scan import StrictScanError, scan_hdf5
-from scan_fixtures import http_server, open_refs
+from .scan_fixtures import http_server, open_refs
 
 ROOT = Path(__file__).resolve().parents[1]
 
