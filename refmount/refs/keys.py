@@ -17,7 +17,7 @@ import re
 
 from refmount.errors import InvalidReferences
 
-__all__ = ["NAME_MAX", "split_key", "validate_key"]
+__all__ = ["NAME_MAX", "key_problem", "split_key", "validate_key"]
 
 #: Longest file name (one path segment) Linux accepts, in bytes.
 NAME_MAX = 255
@@ -31,53 +31,64 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _SAFE_CHARS = NAME_MAX // 4
 
 
-def _check_segment(key: str, segment: str) -> None:
-    """Refuse one path segment of ``key`` that the tree could not represent."""
+def _segment_problem(segment: str) -> str | None:
+    """Say why one path segment could not be a file name, or None if it can."""
     if segment == "":
-        raise InvalidReferences("key has an empty path segment (leading, trailing or doubled '/')", key=key)
+        return "key has an empty path segment (leading, trailing or doubled '/')"
     if segment == "." or segment == "..":
-        raise InvalidReferences(f"key has a {segment!r} path segment", key=key)
+        return f"key has a {segment!r} path segment"
     if len(segment) > _SAFE_CHARS:
         try:
             size = len(segment.encode("utf-8"))
         except UnicodeEncodeError:
-            raise InvalidReferences("key is not valid Unicode (lone surrogate)", key=key) from None
+            return "key is not valid Unicode (lone surrogate)"
         if size > NAME_MAX:
-            raise InvalidReferences(
-                f"key has a path segment of {size} bytes, longer than NAME_MAX ({NAME_MAX})", key=key
-            )
+            return f"key has a path segment of {size} bytes, longer than NAME_MAX ({NAME_MAX})"
+    return None
 
 
-def split_key(key: object) -> tuple[str, ...]:
-    """Validate ``key`` and return its path segments.
+def key_problem(key: str) -> str | None:
+    """Say why ``key`` is not a normal relative path, or return None if it is.
 
-    This is the single place that decides what a legal key is, so that the
-    parser and the tree builder can never disagree.
+    Returning the reason instead of raising lets callers that know more
+    context (such as which generator produced the key) word the refusal.
     """
-    if not isinstance(key, str):
-        raise InvalidReferences(f"key {key!r} must be a string, not {type(key).__name__}")
     if key == "":
-        raise InvalidReferences("key is empty", key=key)
+        return "key is empty"
     if key[0] == "/":
-        raise InvalidReferences("key is an absolute path (starts with '/')", key=key)
+        return "key is an absolute path (starts with '/')"
     bad = _CONTROL.search(key)
     if bad is not None:
-        raise InvalidReferences(
-            f"key contains control character U+{ord(bad.group()):04X} at position {bad.start()}", key=key
-        )
-    segments = tuple(key.split("/"))
-    for segment in segments:
-        _check_segment(key, segment)
+        return f"key contains control character U+{ord(bad.group()):04X} at position {bad.start()}"
+    for segment in key.split("/"):
+        problem = _segment_problem(segment)
+        if problem is not None:
+            return problem
     if not key.isascii():
         # Lone surrogates (possible from a lenient JSON decoder) are not
         # encodable, so the key could not become a file name.
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidReferences("key is not valid Unicode (lone surrogate)", key=key) from None
-    return segments
+            return "key is not valid Unicode (lone surrogate)"
+    return None
 
 
 def validate_key(key: object) -> None:
     """Raise :class:`InvalidReferences` unless ``key`` is a normal relative path."""
-    split_key(key)
+    if not isinstance(key, str):
+        raise InvalidReferences(f"key {key!r} must be a string, not {type(key).__name__}")
+    problem = key_problem(key)
+    if problem is not None:
+        raise InvalidReferences(problem, key=key)
+
+
+def split_key(key: object) -> tuple[str, ...]:
+    """Validate ``key`` and return its path segments.
+
+    This module is the single place that decides what a legal key is, so
+    that the parser and the tree builder can never disagree.
+    """
+    validate_key(key)
+    assert isinstance(key, str)
+    return tuple(key.split("/"))
