@@ -256,13 +256,11 @@ def _reference(
         raise InvalidReferences(
             f"a reference list must be [url] or [url, offset, length], got {count} items", key=key
         )
-    try:
-        url = url_cache[raw_url]
-    except KeyError:
+    url = url_cache.get(raw_url) if type(raw_url) is str else None
+    if url is None:
         url = _resolve_url(key, raw_url, default_url, templates)
-        url_cache[raw_url] = url
-    except TypeError:  # unhashable url, e.g. a list: let _resolve_url word it
-        url = _resolve_url(key, raw_url, default_url, templates)
+        if type(raw_url) is str:
+            url_cache[raw_url] = url
     if count == 1:
         return Whole(url)
     _check_range(key, offset, length)
@@ -272,14 +270,14 @@ def _reference(
 def _check_range(key: str, offset: Any, length: Any) -> None:
     """Offsets and lengths are non-negative integers within what off_t can address."""
     if type(offset) is not int:
-        raise InvalidReferences(f"offset must be an integer, not {_type_name(offset)} {offset!r}", key=key)
+        raise InvalidReferences(f"offset must be an integer, not {_describe_value(offset)}", key=key)
     if type(length) is not int:
-        raise InvalidReferences(f"length must be an integer, not {_type_name(length)} {length!r}", key=key)
+        raise InvalidReferences(f"length must be an integer, not {_describe_value(length)}", key=key)
     if offset < 0:
         raise InvalidReferences(f"offset must not be negative, got {offset}", key=key)
     if length < 0:
         raise InvalidReferences(f"length must not be negative, got {length}", key=key)
-    if offset + length > MAX_OFFSET:
+    if offset >= MAX_OFFSET or offset + length > MAX_OFFSET:
         raise InvalidReferences(
             f"range {offset}+{length} ends beyond 2**63, the largest addressable offset", key=key
         )
@@ -292,7 +290,7 @@ def _resolve_url(key: str, raw: Any, default_url: str | None, templates: Mapping
     elif type(raw) is str:
         url = _substitute_templates(raw, templates) if templates and "{" in raw else raw
     else:
-        raise InvalidReferences(f"url must be a string or null, not {_type_name(raw)} {raw!r}", key=key)
+        raise InvalidReferences(f"url must be a string or null, not {_describe_value(raw)}", key=key)
     if url == "":
         if default_url is None:
             raise InvalidReferences(
@@ -682,6 +680,16 @@ def _printf(fmt: str, value: int | str) -> str:
         return fmt % (value,)
     except (TypeError, ValueError, OverflowError) as exc:
         raise _ExprError(f"format {fmt!r} failed for {value!r}: {exc}") from None
+
+
+def _describe_value(value: Any) -> str:
+    """Type and, for scalars, a shortened value: containers may be huge or deeply nested."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "(a huge integer)"
+        if len(text) > 60:
+            text = text[:57] + "..."
+        return f"{_type_name(value)} {text}"
+    return _type_name(value)
 
 
 def _type_name(value: Any) -> str:
