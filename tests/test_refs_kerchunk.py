@@ -64,6 +64,11 @@ def test_v0_tuples_from_python_callers_are_references():
     assert parse_references({"a": ("u", 1, 2), "b": ("u",)}) == {"a": Range("u", 1, 2), "b": Whole("u")}
 
 
+def test_a_version_key_always_means_a_versioned_document():
+    """As in fsspec, v0 cannot have a key named "version": it selects the spec version."""
+    refused({"version": "", "a": "x"}, match=("unknown reference set version ''",))
+
+
 def test_empty_documents():
     assert parse_references({}) == {}
     assert parse_references({"version": 1}) == {}
@@ -801,7 +806,8 @@ def test_arbitrary_bytes_only_ever_fail_with_invalid_references(data):
     st.dictionaries(
         st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=10), min_size=1, max_size=3)
         .map("/".join)
-        .filter(lambda k: key_problem(k) is None),
+        # A top-level "version" key makes a document version 1 (as in fsspec).
+        .filter(lambda k: key_problem(k) is None and k != "version"),
         st.tuples(st.sampled_from(["s3://b/f", "https://h/x"]), st.integers(0, 2**40), st.integers(0, 2**20)).map(list)
         | st.text(max_size=20)
         | st.binary(max_size=20).map(lambda b: "base64:" + base64.b64encode(b).decode()),
