@@ -111,8 +111,17 @@ def _call(action: Callable[[], Any], verb: str, shown: str, options: Mapping[str
     """Run one filesystem call and translate its failure into refmount's taxonomy."""
     try:
         return action()
-    except FileNotFoundError:
-        raise ConfigError(f"reference file not found: {shown}") from None
+    except FileNotFoundError as exc:
+        status = _http_failure(exc.__cause__)
+        if status is None or status in (404, 410):
+            raise ConfigError(f"reference file not found: {shown}") from None
+        if status in (401, 403):
+            raise ConfigError(f"permission denied to {verb} reference file {shown} (HTTP {status})") from None
+        cause = exc.__cause__
+        detail = _scrub(str(cause), options)
+        raise BackendError(
+            f"could not {verb} reference file {shown}: {type(cause).__name__}" + (f": {detail}" if detail else "")
+        ) from None
     except (IsADirectoryError, NotADirectoryError):
         raise ConfigError(f"reference file {shown} is not a regular file") from None
     except PermissionError:
@@ -123,6 +132,28 @@ def _call(action: Callable[[], Any], verb: str, shown: str, options: Mapping[str
             f"could not {verb} reference file {shown}: {type(exc).__name__}"
             + (f": {detail}" if detail else "")
         ) from None
+
+
+def _http_failure(cause: BaseException | None) -> int | None:
+    """Tell a genuine "not found" from a failure fsspec's HTTP backend reports as one.
+
+    fsspec's HTTP ``info`` raises FileNotFoundError for *any* failure,
+    including refused connections and HTTP 500, chaining the real error.
+    Returns None for a genuine absence, the HTTP status for a response
+    error, and 0 for a failure with no response at all.
+    """
+    if cause is None or isinstance(cause, FileNotFoundError):
+        return None
+    status = getattr(cause, "status", None)
+    if isinstance(status, int):
+        return status
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency of fsspec's http
+        return None
+    if isinstance(cause, (aiohttp.ClientError, TimeoutError, OSError)):
+        return 0
+    return None
 
 
 def redact_url(url: str) -> str:
