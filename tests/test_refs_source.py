@@ -166,6 +166,14 @@ def test_invalid_json_in_file_names_line_and_column(tmp_path):
         load_references(str(path))
 
 
+def test_invalid_references_name_the_file_and_keep_the_key(tmp_path):
+    path = write(tmp_path, "refs.json", b'{"a/0": ["s3://b/f", -1, 10]}')
+    with pytest.raises(InvalidReferences) as info:
+        load_references(str(path))
+    assert str(info.value) == f"in {path}: 'a/0': offset must not be negative, got -1"
+    assert info.value.key == "a/0"
+
+
 def test_unknown_protocol_is_a_config_error():
     with pytest.raises(ConfigError, match="nosuchproto://bucket/refs.json"):
         read_reference_file("nosuchproto://bucket/refs.json")

@@ -72,9 +72,19 @@ def read_reference_file(url: str, storage_options: dict | None = None) -> Refere
 def load_references(
     url: str, storage_options: dict | None = None
 ) -> tuple[ReferenceFile, dict[str, Reference]]:
-    """Read the reference file at ``url`` and parse it into key -> Reference."""
+    """Read the reference file at ``url`` and parse it into key -> Reference.
+
+    Parse errors are prefixed with the file's URL (the operator may mount
+    several sets); the offending key stays available as ``error.key``.
+    """
     ref_file = read_reference_file(url, storage_options)
-    return ref_file, parse_reference_bytes(ref_file.data)
+    try:
+        references = parse_reference_bytes(ref_file.data)
+    except InvalidReferences as exc:
+        error = InvalidReferences(f"in {redact_url(ref_file.url)}: {exc}")
+        error.key = exc.key
+        raise error from None
+    return ref_file, references
 
 
 # --------------------------------------------------------------------------
