@@ -66,7 +66,7 @@ def test_v0_tuples_from_python_callers_are_references():
 
 def test_a_version_key_always_means_a_versioned_document():
     """As in fsspec, v0 cannot have a key named "version": it selects the spec version."""
-    refused({"version": "", "a": "x"}, match=("unknown reference set version ''",))
+    refused({"version": "", "a": "x"}, match=("unknown reference set version string ''",))
 
 
 def test_empty_documents():
@@ -178,8 +178,9 @@ def test_null_or_empty_url_uses_the_default_target(null_url):
 
 
 @pytest.mark.parametrize("null_url", [None, ""])
-def test_null_url_without_default_is_refused(null_url):
-    refused({"x/0": [null_url, 0, 4]}, match=("'x/0'", "no url", "no default target"))
+@pytest.mark.parametrize("default_url", [None, ""])
+def test_null_url_without_default_is_refused(null_url, default_url):
+    refused({"x/0": [null_url, 0, 4]}, default_url=default_url, match=("'x/0'", "no url", "no default target"))
 
 
 def test_template_rendering_to_empty_url_uses_default():
@@ -253,11 +254,12 @@ def test_v0_has_no_templates():
         ([], "must be a JSON object at the top level, not array"),
         ("refs", "not string"),
         (None, "not null"),
-        ({"version": 2, "refs": {}}, "unknown reference set version 2"),
-        ({"version": "1", "refs": {}}, "unknown reference set version '1'"),
-        ({"version": True, "refs": {}}, "unknown reference set version True"),
-        ({"version": None}, "unknown reference set version None"),
-        ({"version": 1.0}, "unknown reference set version 1.0"),
+        ({"version": 2, "refs": {}}, "unknown reference set version integer 2"),
+        ({"version": "1", "refs": {}}, "unknown reference set version string '1'"),
+        ({"version": True, "refs": {}}, "unknown reference set version boolean True"),
+        ({"version": None}, "unknown reference set version null"),
+        ({"version": 1.0}, "unknown reference set version number 1.0"),
+        ({"version": [[[]]]}, "unknown reference set version array"),
         ({"version": 1, "refs": []}, "'refs' must be a JSON object, not array"),
         ({"version": 1, "refs": "x"}, "'refs' must be a JSON object, not string"),
         ({"version": 1, "templates": []}, "'templates' must be a JSON object"),

@@ -104,7 +104,7 @@ def parse_references(obj: Any, *, default_url: str | None = None) -> dict[str, R
     """Validate and expand a decoded kerchunk JSON document (v0 or v1) into key -> Reference.
 
     ``default_url`` stands in for null or empty URLs (fsspec's ``target``);
-    without it such references are refused.
+    without it (or if it is empty) such references are refused.
     """
     if not isinstance(obj, dict):
         raise InvalidReferences(
@@ -113,7 +113,7 @@ def parse_references(obj: Any, *, default_url: str | None = None) -> dict[str, R
     if default_url is not None and not isinstance(default_url, str):
         raise InvalidReferences(f"default URL must be a string, not {_type_name(default_url)}")
     with _gc_paused():
-        return _parse_document(obj, default_url)
+        return _parse_document(obj, default_url or None)
 
 
 def _parse_document(obj: dict[Any, Any], default_url: str | None) -> dict[str, Reference]:
@@ -123,7 +123,7 @@ def _parse_document(obj: dict[Any, Any], default_url: str | None) -> dict[str, R
     version = obj["version"]
     if type(version) is not int or version != 1:
         raise InvalidReferences(
-            f"unknown reference set version {version!r}: supported are 1, "
+            f"unknown reference set version {_describe_value(version)}: supported are 1, "
             "or no 'version' key for version 0"
         )
     templates = _parse_templates(obj.get("templates"))
