@@ -17,12 +17,24 @@ def write_hdf5(path: Path) -> dict[str, np.ndarray]:
         "count": np.arange(5000, dtype=">i8").reshape(50, 100),
         "lat": np.linspace(-90, 90, 33).astype("f8"),
         "grp/flag": (rng.random((64, 64)) > 0.5),
+        "time": np.arange(20, dtype="i4"),
+        "lon": np.linspace(0, 360, 47, endpoint=False),
+        "y": np.arange(50, dtype="i2"),
+        "x": np.arange(100, dtype="i2"),
     }
     with h5py.File(path, "w") as f:
         f.create_dataset("temp", data=arrays["temp"], chunks=(5, 16, 16), compression="gzip", shuffle=True)
         f.create_dataset("count", data=arrays["count"])  # contiguous
         f.create_dataset("lat", data=arrays["lat"], chunks=(11,))
         f.create_dataset("grp/flag", data=arrays["grp/flag"], chunks=(32, 32), compression="gzip")
+        for name in ("time", "lon", "y", "x"):
+            f.create_dataset(name, data=arrays[name])
+        for name in ("time", "lat", "lon", "y", "x"):
+            f[name].make_scale(name)
+        for axis, name in enumerate(("time", "lat", "lon")):
+            f["temp"].dims[axis].attach_scale(f[name])
+        for axis, name in enumerate(("y", "x")):
+            f["count"].dims[axis].attach_scale(f[name])
         f["temp"].attrs["units"] = "K"
         f["temp"].attrs["long_name"] = "température"  # non-ASCII metadata
         f.attrs["title"] = "mount test"
@@ -51,5 +63,5 @@ def reference_lengths(refs: dict) -> dict[str, int]:
         elif isinstance(value, str):
             sizes[key] = len(value.encode())
         else:
-            sizes[key] = len(json.dumps(value).encode())  # as fsspec serialises it
+            sizes[key] = len(json.dumps(value, separators=(",", ":")).encode())  # as fsspec serves it
     return sizes

@@ -84,7 +84,7 @@ def test_every_key_reads_as_fsspec_reads_it(served, mount):
 
 
 def test_sizes_in_ls_lR_equal_the_reference_lengths(served, mount):
-    listing = subprocess.run(["ls", "-lRn", str(mount.path)], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(["ls", "-lRAn", str(mount.path)], capture_output=True, text=True, check=True).stdout
     sizes: dict[str, int] = {}
     directory = ""
     for line in listing.splitlines():

@@ -82,10 +82,12 @@ def test_inline_text_is_utf8_of_any_size(text):
     assert refs["k"].size == len(text.encode("utf-8"))
 
 
-def test_non_ascii_json_object_value_is_utf8_and_compact():
-    refs = parse_references({".zattrs": {"title": "Température", "units": "°C", "n": [1, 2.5]}})
+def test_json_object_value_is_serialised_exactly_as_fsspec_serves_it():
+    value = {"title": "Température", "units": "°C", "n": [1, 2.5]}
+    refs = parse_references({".zattrs": value})
     data = refs[".zattrs"].data
-    assert data == '{"title":"Température","units":"°C","n":[1,2.5]}'.encode()
+    assert data == fsspec.filesystem("reference", fo={".zattrs": value}).cat(".zattrs")
+    assert data == b'{"title":"Temp\\u00e9rature","units":"\\u00b0C","n":[1,2.5]}'
     assert json.loads(data) == {"title": "Température", "units": "°C", "n": [1, 2.5]}
 
 

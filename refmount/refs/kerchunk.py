@@ -322,13 +322,15 @@ def _base64(key: str, payload: str | bytes) -> bytes:
 
 
 def _json_text(key: str, value: dict[Any, Any]) -> bytes:
-    """Serialise an embedded JSON object (e.g. ``.zarray``) as compact JSON text.
+    """Serialise an embedded JSON object (e.g. ``.zarray``) as JSON text.
 
-    The standard library is used on purpose: unlike orjson it keeps NaN and
-    Infinity (which Zarr metadata may carry) instead of turning them into null.
+    The text is exactly what fsspec's ReferenceFileSystem serves for the same
+    key (compact, non-ASCII escaped), so a file read through the mount and
+    through fsspec are byte-identical. The standard library also keeps NaN
+    and Infinity, which Zarr metadata may carry.
     """
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode("utf-8")
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode("ascii")
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
         raise InvalidReferences(f"JSON object value cannot be serialised: {exc}", key=key) from None
 
