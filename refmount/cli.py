@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import OPTIONS, MountConfig, parse_mount_options, parse_value
-from .errors import RefmountError
+from .errors import ConfigError, RefmountError
 
 
 def _add_mount_options(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mount the reference set REFS (local path or fsspec URL, JSON, optionally .gz/.bz2/.xz/.zst) "
         "at MOUNTPOINT. Returns once the mount answers, unless --foreground.",
     )
-    mount.add_argument("source", metavar="REFS", help="reference set: path or URL (s3://, https://, ...)")
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    mount.add_argument(
+        "source", metavar="REFS", nargs="?",
+        help="reference set: path or URL (s3://, https://, ...); a directory or URL prefix holding many "
+        "reference sets mounts each as a subdirectory",
+    )
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing empty directory")
+    mount.add_argument(
+        "--config", metavar="FILE",
+        help="TOML file with source, mountpoint and any option below (flags and -o override it)",
+    )
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached (for systemd and debugging)")
     mount.add_argument("--force", action="store_true", help="clean a stale mount left by a daemon that died")
     _add_mount_options(mount)
@@ -66,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     umount = commands.add_parser("umount", help="unmount a refmount tree (also a stale one)")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT")
     umount.add_argument("-z", "--lazy", action="store_true", help="detach now, clean up when no longer busy")
+
+    stats = commands.add_parser(
+        "stats", help="print live figures of a running mount",
+        description="Reads, bytes, GETs, cache, errors, latency and open handles of the mount at MOUNTPOINT.",
+    )
+    stats.add_argument("mountpoint", metavar="MOUNTPOINT")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    reload = commands.add_parser(
+        "reload", help="re-read the reference set(s) of a running mount (like SIGHUP)",
+        description="New sets appear, removed sets disappear, changed sets are swapped; open files keep their data.",
+    )
+    reload.add_argument("mountpoint", metavar="MOUNTPOINT")
+    reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reload to finish")
 
     inspect = commands.add_parser(
         "inspect", help="load and check a reference set without mounting it",
@@ -96,9 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
-    """Merge -o options and flags (flags win) into a validated MountConfig."""
+    """Merge the config file, -o options and flags (each overriding the one before) into a MountConfig."""
     values: dict[str, Any] = {}
     storage: dict[str, dict[str, Any]] = {}
+    source, mountpoint = args.source, getattr(args, "mountpoint", None)
+    if getattr(args, "config", None):
+        from .configfile import load_config
+
+        file_config = load_config(args.config)
+        values.update(file_config.values)
+        storage = {protocol: dict(options) for protocol, options in file_config.storage_options.items()}
+        source = source or file_config.source
+        mountpoint = mountpoint or file_config.mountpoint
+    if not source:
+        raise ConfigError("no reference set given (REFS argument or 'source' in --config)")
     for text in args.mount_options:
         parsed, per_protocol = parse_mount_options(text)
         values.update(parsed)
@@ -108,7 +141,9 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         raw = getattr(args, option.name, None)
         if raw is not None:
             values[option.name] = parse_value(option.name, raw)
-    return MountConfig.build(args.source, getattr(args, "mountpoint", "."), values, storage)
+    if args.command == "mount" and not mountpoint:
+        raise ConfigError("no mountpoint given (MOUNTPOINT argument or 'mountpoint' in --config)")
+    return MountConfig.build(source, mountpoint or ".", values, storage)
 
 
 def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -130,12 +165,24 @@ def _run_umount(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in _subcommands(parser):
+        # `refmount SOURCE MOUNTPOINT -o OPTS`: how mount.fuse runs the helper of type fuse.refmount.
+        from .mount_helper import main as helper_main
+
+        return helper_main(argv, prog="refmount")
+    args = parser.parse_args(argv)
     try:
         if args.command == "mount":
             return _run_mount(args, argv)
         if args.command == "umount":
             return _run_umount(args)
+        if args.command in ("stats", "reload"):
+            from . import control
+
+            if args.command == "stats":
+                return control.run_stats(args.mountpoint, as_json=args.json)
+            return control.run_reload(args.mountpoint, timeout=args.timeout)
         if args.command == "inspect":
             from .inspect import run_inspect
 
@@ -154,6 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -115,6 +115,12 @@ OPTIONS: tuple[Option, ...] = (
     # Logging
     Option("log_level", _str, "info", "debug, info, warning or error", "LEVEL"),
     Option("log_file", _str, None, "write the log here instead of stderr", "PATH"),
+    # Operations
+    Option("idle_unload", _float, 600.0, "seconds after which an unused reference set of a multi-set mount is "
+           "unloaded from memory (0 keeps sets loaded)", "SECONDS"),
+    Option("metrics_port", _int, None, "serve Prometheus metrics on http://metrics_address:PORT/metrics (off unless given)",
+           "PORT"),
+    Option("metrics_address", _str, "127.0.0.1", "address of the Prometheus endpoint (keep it on localhost)", "ADDRESS"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -207,6 +213,9 @@ class MountConfig:
     threads: bool = True
     log_level: str = "info"
     log_file: str | None = None
+    idle_unload: float = 600.0
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
     storage_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -7,11 +7,17 @@ mountpoint and blocks in the FUSE loop until unmounted. Background mode
 returns once the mount answers, or prints the daemon's error and fails;
 nothing ever forks a process that already runs threads.
 
-Signals: SIGINT, SIGTERM and SIGHUP are left to libfuse, which exits its
-loop and unmounts cleanly (Python's own SIGINT handler would never run
-while the main thread sits in the C loop, so it is reset first). SIGUSR1
-dumps every thread's stack to the log through faulthandler, which works at
-C level.
+Signals. Python runs its signal handlers only in the main thread between
+bytecodes, and the main thread sits in libfuse's C loop for the whole
+mount, so handlers would never run. Instead, every signal we handle gets a
+no-op Python handler (which also keeps libfuse from installing its own: it
+only does where the disposition is SIG_DFL), and ``signal.set_wakeup_fd``
+makes the C-level handler write the signal number to a pipe that a watcher
+thread reads. SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount with
+fusermount, which ends the FUSE loop; ``serve`` then closes everything and
+returns 0. SIGHUP: reload the reference set(s). SIGUSR1 dumps every thread's
+stack to the log through faulthandler, which works at C level even when
+the interpreter is stuck.
 """
 
 from __future__ import annotations
@@ -137,17 +143,27 @@ def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
         raise ConfigError(f"mountpoint {path} is not empty (use -o nonempty to mount over it)")
 
 
-def fuse_options(config: MountConfig) -> dict:
-    """libfuse options: read-only, immutable data cached by the kernel, our inode numbers."""
+#: Kernel name/attribute cache bound for mounts whose tree changes on reload (collections).
+RELOADABLE_TIMEOUT = 1.0
+
+
+def fuse_options(config: MountConfig, *, reloadable: bool = False) -> dict:
+    """libfuse options: read-only, immutable data cached by the kernel, our inode numbers.
+
+    A collection of sets changes on reload, so there the kernel keeps names and
+    attributes only briefly and keeps file data only while size and mtime are
+    unchanged (auto_cache); data of an unchanged set stays in the page cache.
+    """
+    timeout = min(config.attr_timeout, RELOADABLE_TIMEOUT) if reloadable else config.attr_timeout
     options: dict = {
         "ro": True,
         "fsname": "refmount:" + redact_url(config.source).replace(",", "%2C"),
         "subtype": "refmount",
-        "kernel_cache": True,
+        ("auto_cache" if reloadable else "kernel_cache"): True,
         "use_ino": True,
-        "attr_timeout": config.attr_timeout,
-        "entry_timeout": config.attr_timeout,
-        "negative_timeout": config.attr_timeout,
+        "attr_timeout": timeout,
+        "entry_timeout": timeout,
+        "negative_timeout": timeout,
         "max_readahead": 1 << 20,
         "threads": config.threads,
     }
@@ -200,12 +216,17 @@ def _announce_when_answering(mountpoint: str, timeout: float = 60.0) -> Callable
 
 def serve(config: MountConfig, *, force: bool = False) -> int:
     """Mount in the foreground and block until unmounted; the exit code of ``refmount mount -f``."""
+    from .control import ControlledFilesystem
+    from .multiset import open_tree
+
     handler = setup_logging(config.log_level, config.log_file)
     stream = getattr(handler, "stream", sys.stderr)
     faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
+    log.debug("options: %s", describe_config(config))
+    started = time.time()
     try:
         check_mountpoint(config.mountpoint, nonempty=config.nonempty, force=force)
-        tree = build_tree(config)
+        tree = open_tree(config)
     except RefmountError as exc:
         log.error("cannot mount %s: %s", redact_url(config.source), exc)
         return 2
@@ -215,20 +236,130 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
 
     from .fuse_ops import FuseAdapter, run_fuse
 
-    adapter = FuseAdapter(tree.filesystem, tree.metrics, on_init=_announce_when_answering(config.mountpoint))
-    # Let libfuse own INT/TERM/HUP: it installs handlers only where the disposition is the default.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+    def report() -> dict:
+        figures: dict = dict(tree.metrics.snapshot())
+        figures.update(tree.router.status())
+        figures.update(pid=os.getpid(), mountpoint=config.mountpoint, source=redact_url(config.source),
+                       uptime_seconds=time.time() - started)
+        return figures
+
+    filesystem = ControlledFilesystem(tree.router, report)
+    adapter = FuseAdapter(filesystem, tree.metrics, on_init=_announce_when_answering(config.mountpoint))  # type: ignore[arg-type]
+    metrics_server = None
+    if config.metrics_port is not None:
+        from .prometheus import MetricsServer
+
+        try:
+            metrics_server = MetricsServer(report, {"mountpoint": config.mountpoint}, config.metrics_address,
+                                           config.metrics_port).start()
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", config.metrics_address, config.metrics_port, exc.strerror)
+            tree.close()
+            return 2
+    watcher = SignalWatcher(config.mountpoint, reload=lambda: _reload(tree))
     try:
-        run_fuse(adapter, config.mountpoint, fuse_options(config))
+        run_fuse(adapter, config.mountpoint, fuse_options(config, reloadable=tree.router.collection))
     except RuntimeError as exc:
         log.error("cannot mount at %s: libfuse refused (%s); see the lines above", config.mountpoint, exc)
         return 1
     finally:
+        watcher.close()
         notify_systemd("STOPPING=1")
+        if metrics_server is not None:
+            metrics_server.close()
         tree.close()
     log.info("unmounted %s", config.mountpoint)
     return 0
+
+
+def _reload(tree) -> None:  # type: ignore[no-untyped-def]
+    notify_systemd("RELOADING=1\nSTATUS=reloading")
+    try:
+        result = tree.router.reload()
+    finally:
+        notify_systemd("READY=1\nSTATUS=serving")
+    del result
+
+
+def describe_config(config: MountConfig) -> str:
+    """The effective options for a debug line: storage option values are never shown."""
+    from dataclasses import fields as dataclass_fields
+
+    parts = []
+    for item in dataclass_fields(config):
+        value = getattr(config, item.name)
+        if item.name == "storage_options":
+            value = {protocol: sorted(options) for protocol, options in value.items()}
+        elif item.name == "source":
+            value = redact_url(value)
+        parts.append(f"{item.name}={value}")
+    return " ".join(parts)
+
+
+class SignalWatcher:
+    """Act on SIGTERM/SIGINT (unmount) and SIGHUP (reload) while the main thread is inside libfuse."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, mountpoint: str, *, reload: Callable[[], None]) -> None:
+        self.mountpoint = mountpoint
+        self._reload = reload
+        self._stopping = False
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        for signum in self.SIGNALS:
+            signal.signal(signum, lambda signum, frame: None)  # run at C level; the watcher acts
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="refmount-signals", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = os.read(self._read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum == 0:
+                    return  # close()
+                try:
+                    self._handle(signal.Signals(signum))
+                except Exception as exc:  # noqa: BLE001 - the watcher must survive any one action
+                    log.error("handling signal %d failed: %s", signum, exc)
+
+    def _handle(self, signum: signal.Signals) -> None:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: reloading")
+            self._reload()
+            return
+        if self._stopping:
+            if not os.path.ismount(self.mountpoint):
+                return
+            log.warning("%s again: detaching %s lazily", signum.name, self.mountpoint)
+            unmount(self.mountpoint, lazy=True)
+            return
+        self._stopping = True
+        log.info("%s: unmounting %s", signum.name, self.mountpoint)
+        notify_systemd("STOPPING=1\nSTATUS=unmounting")
+        try:
+            unmount(self.mountpoint)
+        except ConfigError as exc:
+            log.warning("%s; files are still open, detaching lazily: the daemon exits when they are closed", exc)
+            unmount(self.mountpoint, lazy=True)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        try:
+            os.write(self._write_fd, b"\0")
+        except OSError:
+            pass
+        self._thread.join(timeout=5)
+        os.close(self._write_fd)
+        os.close(self._read_fd)
 
 
 # -- background mode ------------------------------------------------------------
