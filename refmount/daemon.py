@@ -17,7 +17,9 @@ thread reads. SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount with
 fusermount, which ends the FUSE loop; ``serve`` then closes everything and
 returns 0. SIGHUP: reload the reference set(s). SIGUSR1 dumps every thread's
 stack to the log through faulthandler, which works at C level even when
-the interpreter is stuck.
+the interpreter is stuck. (fusepy resets SIGINT to the default just before
+entering libfuse, so for SIGINT libfuse's own handler ends the loop and
+unmounts: the same outcome, exit 0.)
 """
 
 from __future__ import annotations

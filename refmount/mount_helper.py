@@ -55,9 +55,7 @@ def translate(argv: Sequence[str]) -> tuple[list[str] | None, bool]:
             index += 2  # the type (we know it) and a namespace (mount(8) has entered it already)
             continue
         elif item.startswith("-") and len(item) > 1 and all(flag in "sfnvwr" for flag in item[1:]):
-            fake = fake or "f" in item[1:]
-            if "w" in item[1:]:
-                return None, fake  # read-write is refused below with a clear message
+            fake = fake or "f" in item[1:]  # -w/-r (and the rw mount(8) adds) change nothing: always read-only
         else:
             positional.append(item)
         index += 1
@@ -72,8 +70,6 @@ def translate(argv: Sequence[str]) -> tuple[list[str] | None, bool]:
             key = option.partition("=")[0].strip()
             if key == "config":
                 config_path = option.partition("=")[2]
-            elif key == "rw":
-                return None, fake
             elif option.strip():
                 kept.append(option.strip())
     if source in ("none", "refmount", "") and config_path is not None:
@@ -90,7 +86,7 @@ def translate(argv: Sequence[str]) -> tuple[list[str] | None, bool]:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = prog or os.path.basename(sys.argv[0] or "mount.refmount")
+    prog = prog or "mount.refmount"
     if argv[:1] == ["--install"]:
         directory = argv[1] if len(argv) > 1 else "/sbin"
         for line in install_helpers(directory):
@@ -102,7 +98,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     if command is None:
-        print(f"{prog}: refmount mounts are read-only and need SOURCE and MOUNTPOINT\n{USAGE}", file=sys.stderr)
+        print(f"{prog}: need SOURCE and MOUNTPOINT\n{USAGE}", file=sys.stderr)
         return 1  # mount(8): incorrect invocation
     if fake:
         return 0
