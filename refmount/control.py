@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from typing import Any, Callable
 
@@ -54,12 +53,9 @@ DISPLAY = (
 class ControlledFilesystem:
     """Wraps the served filesystem and answers the control xattrs on the mount root."""
 
-    def __init__(self, inner: Any, report: Callable[[], dict[str, Any]], max_age: float = 0.2) -> None:
+    def __init__(self, inner: Any, report: Callable[[], dict[str, Any]]) -> None:
         self._inner = inner
         self._report = report
-        self._max_age = max_age
-        self._cached: tuple[float, bytes] = (0.0, b"")
-        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -70,13 +66,10 @@ class ControlledFilesystem:
         return self._inner.getxattr(path, name)
 
     def _stats_bytes(self) -> bytes:
-        # The kernel asks for the size, then the value: keep one rendering briefly so both agree.
-        with self._lock:
-            taken, data = self._cached
-            if time.monotonic() - taken > self._max_age or not data:
-                data = json.dumps(self._report(), sort_keys=True).encode()
-                self._cached = (time.monotonic(), data)
-            return data
+        # The kernel asks for the size, then for the value, and figures move in between: padding
+        # to a whole number of KiB keeps the size stable (JSON ignores trailing blanks).
+        data = json.dumps(self._report(), sort_keys=True).encode()
+        return data + b" " * (-len(data) % 1024)
 
 
 def read_stats(mountpoint: str) -> dict[str, Any]:

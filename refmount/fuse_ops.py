@@ -67,6 +67,9 @@ class FuseAdapter(fuse.Operations):
     # -- reads ---------------------------------------------------------------
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        if fh is not None and hasattr(self.fs, "getattr_of_handle"):
+            # fstat of an open file: answer from what was opened, also after a reload removed the path.
+            return self.fs.getattr_of_handle(fh, path)
         return self.fs.getattr(path)
 
     def readdir(self, path: str, fh: int) -> list[str]:

@@ -419,6 +419,18 @@ class SetRouter:
             attrs = {**attrs, "st_ino": inode_of(path.strip("/"))}
         return attrs
 
+    def getattr_of_handle(self, handle: int, path: str) -> dict[str, Any]:
+        """Attributes of an open file from the generation it was opened on."""
+        entry = self._handles.get(handle)
+        if entry is None:
+            return self.getattr(path)
+        slot, fs, inner_handle = entry
+        file = fs._handles.get(inner_handle)
+        attrs = fs.getattr(file.path if file is not None else self._route(path)[1])
+        if self.collection:
+            attrs = {**attrs, "st_ino": inode_of(path.strip("/"))}
+        return attrs
+
     def readdir(self, path: str) -> list[str]:
         slot, inner = self._route(path)
         if slot is None:
