@@ -9,6 +9,10 @@ import http.server
 import json
 import lzma
 import os
+import tempfile
+import sys
+import subprocess
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -122,12 +126,34 @@ def test_directory_is_a_config_error(tmp_path):
         read_reference_file(str(tmp_path))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file_is_a_config_error(tmp_path):
-    path = write(tmp_path, "refs.json")
-    path.chmod(0)
-    with pytest.raises(ConfigError, match="permission denied"):
-        read_reference_file(str(path))
+def test_unreadable_file_is_a_config_error():
+    """Read as an unprivileged user (root reads any file): a child drops to uid 65534 first."""
+    directory = tempfile.mkdtemp(prefix="refmount-perm-")
+    try:
+        os.chmod(directory, 0o755)
+        path = write(Path(directory), "refs.json")
+        path.chmod(0)
+        probe = (
+            "import sys\n"
+            "from refmount.errors import ConfigError\n"
+            "from refmount.refs.source import read_reference_file\n"
+            "import os, fsspec\n"
+            "fsspec.filesystem('file')  # load lazily imported modules while still privileged\n"
+            "if os.geteuid() == 0:\n"
+            "    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "try:\n"
+            f"    read_reference_file({str(path)!r})\n"
+            "except ConfigError as exc:\n"
+            "    print(exc); sys.exit(3)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+            cwd=directory, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        assert result.returncode == 3, result.stderr
+        assert "permission denied" in result.stdout
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.parametrize("extension", [".gz", ".bz2", ".xz", ".zst"])
