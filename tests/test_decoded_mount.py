@@ -4,7 +4,10 @@ The test file is a real NetCDF4/HDF5 file with one variable per codec
 (zlib, shuffle+zlib, blosc, zstd, fletcher32+zlib, uncompressed, and a
 contiguous one), edge chunks everywhere (37 x 53 over 10 x 16), fill values
 written into the data, and a sparse variable whose unwritten chunks have no
-reference at all. References come from ``refmount scan`` and from kerchunk.
+reference at all. The file sits on the real S3 server (fixture ``local_s3``)
+and references to it come from ``refmount scan`` (scanning it on S3) and
+from kerchunk, the reference sets themselves stored on S3; one local-disk
+variant keeps the tests meaningful without object storage.
 
 Designed around the limits of netCDF-C 4.9.0 (Debian 12):
 
@@ -95,13 +98,14 @@ def write_netcdf(path: Path, *, compressed: bool = True) -> dict[str, np.ndarray
     return values
 
 
-def make_references(maker: str, nc: Path) -> dict:
+def make_references(maker: str, nc: Path, url: str, storage_options: dict | None = None) -> dict:
+    """References to ``url`` (where ``nc`` has been put): ``refmount scan`` reads it there, kerchunk locally."""
     if maker == "scan":
-        return scan_hdf5(str(nc), inline_threshold=0).refs
+        return scan_hdf5(url, storage_options=storage_options, inline_threshold=0).refs
     from kerchunk.hdf import SingleHdf5ToZarr
 
     with open(nc, "rb") as handle:
-        return json.loads(json.dumps(SingleHdf5ToZarr(handle, str(nc), inline_threshold=0).translate()))
+        return json.loads(json.dumps(SingleHdf5ToZarr(handle, url, inline_threshold=0).translate()))
 
 
 @dataclass
@@ -112,7 +116,7 @@ class Dataset:
     nc: Path
     twin: Path
     values: dict[str, np.ndarray]
-    refs_path: Path
+    refs_source: str
     refs: dict
     options: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -130,26 +134,43 @@ def files(tmp_path_factory) -> tuple[Path, Path, dict[str, np.ndarray]]:
     return base / "model.nc", base / "twin.nc", values
 
 
-@pytest.fixture(scope="module", params=["scan", "kerchunk"])
+S3_BUCKET = "decoded-view"
+
+
+@pytest.fixture(scope="module", params=["scan-s3", "kerchunk-s3", "scan-local"])
 def dataset(request, files, tmp_path_factory) -> Dataset:
+    """References to the test file on the real S3 server (refs on S3 too), or on local disk."""
+    maker, backend = request.param.split("-")
     nc, twin, values = files
-    refs = make_references(request.param, nc)
-    refs_path = tmp_path_factory.mktemp(f"refs-{request.param}") / "model.json"
-    refs_path.write_text(json.dumps(refs))
-    return Dataset(request.param, nc, twin, values, refs_path, refs)
+    base = tmp_path_factory.mktemp(f"refs-{request.param}")
+    if backend == "local":
+        refs = make_references(maker, nc, str(nc))
+        refs_path = base / "model.json"
+        refs_path.write_text(json.dumps(refs))
+        return Dataset(maker, nc, twin, values, str(refs_path), refs)
+    local_s3 = request.getfixturevalue("local_s3")
+    local_s3.create_bucket(S3_BUCKET)
+    url = f"s3://{S3_BUCKET}/{maker}/model.nc"
+    local_s3.upload(nc, url)
+    refs = make_references(maker, nc, url, local_s3.storage_options())
+    local_s3.put(f"s3://{S3_BUCKET}/{maker}/model.json", json.dumps(refs).encode())
+    return Dataset(
+        maker, nc, twin, values, f"s3://{S3_BUCKET}/{maker}/model.json", refs,
+        options=["-o", f"endpoint_url={local_s3.endpoint_url}"], env=local_s3.env(),
+    )
 
 
 @pytest.fixture(scope="module")
 def decoded_mount(dataset, tmp_path_factory) -> Mount:
-    mountpoint = tmp_path_factory.mktemp(f"decoded-{dataset.maker}") / "mnt"
-    with mounted(dataset.refs_path, mountpoint, ["-o", "view=decoded", *dataset.options], env=dataset.env) as m:
+    mountpoint = tmp_path_factory.mktemp("decoded") / "mnt"
+    with mounted(dataset.refs_source, mountpoint, ["-o", "view=decoded", *dataset.options], env=dataset.env) as m:
         yield m
 
 
 @pytest.fixture(scope="module")
 def raw_mount(dataset, tmp_path_factory) -> Mount:
-    mountpoint = tmp_path_factory.mktemp(f"raw-{dataset.maker}") / "mnt"
-    with mounted(dataset.refs_path, mountpoint, dataset.options, env=dataset.env) as m:
+    mountpoint = tmp_path_factory.mktemp("raw") / "mnt"
+    with mounted(dataset.refs_source, mountpoint, dataset.options, env=dataset.env) as m:
         yield m
 
 
@@ -234,7 +255,7 @@ def test_raw_and_decoded_views_read_equal_through_xarray(dataset, decoded_mount,
 
 def test_unavailable_codec_is_eio_named_in_the_log_other_variables_read(files, tmp_path):
     nc, _, values = files
-    refs = make_references("scan", nc)
+    refs = make_references("scan", nc, str(nc))
     meta = json.loads(refs["refs"]["v_zlib/.zarray"])
     meta["compressor"] = {"id": "zfpy", "mode": 4, "tolerance": 0.001}  # a codec this machine lacks
     refs["refs"]["v_zlib/.zarray"] = json.dumps(meta)
