@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -207,6 +208,8 @@ def test_chunk_files_have_decoded_sizes_and_codec_free_metadata(dataset, decoded
         chunk_bytes = np.dtype(meta["dtype"]).itemsize * int(np.prod(meta["chunks"]))
         for chunk in (p for p in (root / name).iterdir() if not p.name.startswith(".")):
             assert chunk.stat().st_size == chunk_bytes, chunk
+    assert os.getxattr(root / "v_zstd" / "0.0", "user.refmount.kind") == b"decoded"
+    assert os.getxattr(root / "v_zstd" / "0.0", "user.refmount.codecs") == b"zstd"
     assert not (root / "v_sparse" / "0.0").exists()  # an unwritten chunk stays absent: readers use fill_value
 
 
