@@ -83,7 +83,6 @@ def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]
             "retries": {"max_attempts": 2, "mode": "standard"},
             "max_pool_connections": max(10, options.max_concurrency),
         }
-        kwargs["retries"] = 1
     extra = dict(options.storage_options.get(protocol, {}))
     if protocol == "s3" and "client_kwargs" in extra and "client_kwargs" in kwargs:
         extra["client_kwargs"] = {**kwargs["client_kwargs"], **extra["client_kwargs"]}
