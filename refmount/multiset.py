@@ -214,7 +214,7 @@ class SetSlot:
         with self._lock:
             fs, self.fs = self.fs, None
         if fs is not None:
-            fs.reader.close()
+            getattr(fs.reader, "close", lambda: None)()
 
     @property
     def loaded(self) -> bool:
@@ -536,8 +536,12 @@ def open_tree(config: Any) -> ServedTree:
     metrics = Metrics()
     options = backend_options(config)
     backend = FsspecBackend(options, metrics)
-    cache = BlockCache(backend, capacity=config.cache_size, block_size=config.block_size,
+    from .decoded import DecodedChunkCache, cache_budgets, present
+
+    raw_budget, decoded_budget = cache_budgets(config.view, config.cache_size, config.block_size)
+    cache = BlockCache(backend, capacity=raw_budget, block_size=config.block_size,
                        max_request=config.max_request, metrics=metrics)
+    chunk_cache = DecodedChunkCache(decoded_budget, metrics)  # one budget for every set, as the block cache
     storage = reference_storage_options(config)
     uid, gid = config.owner
     owner = TreeOwner(uid, gid, config.umask)
@@ -553,7 +557,8 @@ def open_tree(config: Any) -> ServedTree:
                         source.name or redact_url(source.url), len(refused), redact_url(refused[0]),
                         options.policy.reason(refused[0]))
         reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
-        fs = RefFilesystem(namespace, reader, owner, mtime)
+        shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url)
+        fs = RefFilesystem(shown, view_reader, owner, mtime)
         log.info("loaded %s: %d keys, %d directories in %.2f s", source.name or redact_url(source.url),
                  len(namespace), namespace.directory_count, time.monotonic() - loaded_at)
         return fs
