@@ -36,36 +36,15 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from .backend import BackendOptions, FsspecBackend, filesystem_options, redact_url
-from .cache import BlockCache
+from .backend import BackendOptions, filesystem_options, redact_url
 from .config import MountConfig
-from .decoded import DecodedChunkCache, cache_budgets, present
 from .errors import ConfigError, RefmountError
-from .filesystem import RefFilesystem, TreeOwner
 from .logs import setup_logging
-from .metrics import Metrics
-from .namespace import Namespace
 from .policy import UrlPolicy, protocol_of
-from .reader import Reader
 
 log = logging.getLogger("refmount.daemon")
-
-
-@dataclass
-class MountedTree:
-    """The layers of one mount, kept together so they can be closed together."""
-
-    filesystem: RefFilesystem
-    backend: FsspecBackend
-    reader: Reader
-    metrics: Metrics
-
-    def close(self) -> None:
-        self.reader.close()
-        self.backend.close()
 
 
 def backend_options(config: MountConfig) -> BackendOptions:
@@ -87,41 +66,6 @@ def reference_storage_options(config: MountConfig) -> dict:
     options = filesystem_options(protocol_of(config.source), backend_options(config))
     options.pop("skip_instance_cache", None)
     return options
-
-
-def build_tree(config: MountConfig) -> MountedTree:
-    """Load and validate the reference set and assemble every layer; nothing is mounted yet."""
-    from .refs.source import load_references
-
-    started = time.monotonic()
-    reference_file, refs = load_references(config.source, reference_storage_options(config))
-    namespace = Namespace(refs)
-    metrics = Metrics()
-    options = backend_options(config)
-    refused = sorted({url for url in namespace.urls if not options.policy.permits(url)})
-    if refused:
-        log.warning(
-            "%d referenced URL(s) are not allowed and will read as EACCES, e.g. %s: %s",
-            len(refused), redact_url(refused[0]), options.policy.reason(refused[0]),
-        )
-    backend = FsspecBackend(options, metrics)
-    raw_budget, decoded_budget = cache_budgets(config.view, config.cache_size, config.block_size)
-    cache = BlockCache(
-        backend, capacity=raw_budget, block_size=config.block_size,
-        max_request=config.max_request, metrics=metrics,
-    )
-    reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
-    shown, reader = present(
-        config.view, namespace, reader, chunk_cache=DecodedChunkCache(decoded_budget, metrics), set_id=config.source
-    )
-    uid, gid = config.owner
-    filesystem = RefFilesystem(shown, reader, TreeOwner(uid, gid, config.umask), reference_file.mtime)
-    log.info(
-        "loaded %s: %d keys, %d directories, %d objects in %.2f s",
-        redact_url(config.source), len(namespace), namespace.directory_count,
-        len(list(namespace.urls)), time.monotonic() - started,
-    )
-    return MountedTree(filesystem, backend, reader, metrics)
 
 
 def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
