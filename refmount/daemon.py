@@ -95,7 +95,7 @@ def build_tree(config: MountConfig) -> MountedTree:
             "%d referenced URL(s) are not allowed and will read as EACCES, e.g. %s: %s",
             len(refused), redact_url(refused[0]), options.policy.reason(refused[0]),
         )
-    backend = FsspecBackend(options, metrics)
+    backend = FsspecBackend(options, metrics, recorded=reference_file.sources)
     cache = BlockCache(
         backend, capacity=config.cache_size, block_size=config.block_size,
         max_request=config.max_request, metrics=metrics,
