@@ -88,6 +88,11 @@ class ChangedObject(Exception):
 _RETRYABLE_4XX = frozenset({408, 429})
 
 
+def stall_timeout(options: BackendOptions) -> float:
+    """Seconds of silence after which one attempt is abandoned, leaving time for the others."""
+    return max(1.0, options.timeout / max(1, options.retries))
+
+
 def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]:
     """fsspec constructor arguments for ``protocol``: the generic options plus ``-o proto.x=y``."""
     kwargs: dict[str, Any] = {}
@@ -106,13 +111,23 @@ def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]
         # botocore's own retries stay short: the retry loop here owns the time budget.
         kwargs["config_kwargs"] = {
             "connect_timeout": min(10.0, options.timeout),
-            "read_timeout": options.timeout,
+            "read_timeout": stall_timeout(options),
             "retries": {"max_attempts": 2, "mode": "standard"},
             "max_pool_connections": max(10, options.max_concurrency),
         }
         kwargs["retries"] = 1
+    elif protocol in ("http", "https"):
+        import aiohttp
+
+        # A response that stops sending is cut after this much silence and retried;
+        # a slow but moving one is not, however long it takes within ``timeout``.
+        kwargs["client_kwargs"] = {
+            "timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10.0, options.timeout), sock_read=stall_timeout(options)
+            )
+        }
     extra = dict(options.storage_options.get(protocol, {}))
-    if protocol == "s3" and "client_kwargs" in extra and "client_kwargs" in kwargs:
+    if "client_kwargs" in extra and "client_kwargs" in kwargs:
         extra["client_kwargs"] = {**kwargs["client_kwargs"], **extra["client_kwargs"]}
     kwargs.update(extra)
     kwargs["skip_instance_cache"] = True
