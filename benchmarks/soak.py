@@ -127,12 +127,15 @@ def worker(kind: str, mountpoint: Path, refs_path: Path, threads: int, seconds: 
 
     def pread_loop(seed: int) -> None:
         rng = random.Random(seed)
+        # O_DIRECT bypasses the kernel's page cache, so these reads reach the daemon's block cache
+        # (and its eviction) every time instead of being served from pages read before.
+        flags = os.O_RDONLY | (os.O_DIRECT if seed % 2 == 0 else 0)
         while time.monotonic() < stop_at:
             key, offset, length = rng.choice(keys)
             start = rng.randrange(0, length)
             size = rng.randrange(1, 300_000)
             try:
-                fd = os.open(mountpoint / key, os.O_RDONLY)
+                fd = os.open(mountpoint / key, flags)
                 try:
                     got = os.pread(fd, size, start)
                 finally:
