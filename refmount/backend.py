@@ -115,7 +115,6 @@ def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]
             "retries": {"max_attempts": 2, "mode": "standard"},
             "max_pool_connections": max(10, options.max_concurrency),
         }
-        kwargs["retries"] = 1
     elif protocol in ("http", "https"):
         import aiohttp
 

@@ -56,6 +56,12 @@ def parse_list(text: str | list[str]) -> tuple[str, ...]:
     return tuple(item for item in re.split(r"[\s,;|]+", str(text)) if item)
 
 
+def parse_view(text: Any) -> str:
+    from .decoded import parse_view as parse
+
+    return parse(text)
+
+
 def _float(text: str | float) -> float:
     return float(text)
 
@@ -106,6 +112,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
     Option("umask", parse_octal, 0o222, "permission bits to clear from 0777 (files lose x as well)", "OCTAL"),
+    Option("view", parse_view, "raw", "raw (chunk bytes as referenced) or decoded (chunks decoded, codec-free "
+           ".zarray, for netCDF-C, GDAL and other readers without the codecs)", "raw|decoded"),
     # FUSE
     Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
     Option("default_permissions", parse_bool, True, "let the kernel check permissions from the modes", is_flag=True),
@@ -200,6 +208,7 @@ class MountConfig:
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222
+    view: str = "raw"
     allow_other: bool = False
     default_permissions: bool = True
     nonempty: bool = False

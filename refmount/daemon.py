@@ -34,6 +34,7 @@ from typing import Callable
 from .backend import BackendOptions, FsspecBackend, filesystem_options, redact_url
 from .cache import BlockCache
 from .config import MountConfig
+from .decoded import DecodedChunkCache, cache_budgets, present
 from .errors import ConfigError, RefmountError
 from .filesystem import RefFilesystem, TreeOwner
 from .logs import setup_logging
@@ -96,13 +97,17 @@ def build_tree(config: MountConfig) -> MountedTree:
             len(refused), redact_url(refused[0]), options.policy.reason(refused[0]),
         )
     backend = FsspecBackend(options, metrics, recorded=reference_file.sources)
+    raw_budget, decoded_budget = cache_budgets(config.view, config.cache_size, config.block_size)
     cache = BlockCache(
-        backend, capacity=config.cache_size, block_size=config.block_size,
+        backend, capacity=raw_budget, block_size=config.block_size,
         max_request=config.max_request, metrics=metrics,
     )
     reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
+    shown, reader = present(
+        config.view, namespace, reader, chunk_cache=DecodedChunkCache(decoded_budget, metrics), set_id=config.source
+    )
     uid, gid = config.owner
-    filesystem = RefFilesystem(namespace, reader, TreeOwner(uid, gid, config.umask), reference_file.mtime)
+    filesystem = RefFilesystem(shown, reader, TreeOwner(uid, gid, config.umask), reference_file.mtime)
     log.info(
         "loaded %s: %d keys, %d directories, %d objects in %.2f s",
         redact_url(config.source), len(namespace), namespace.directory_count,

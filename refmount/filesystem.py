@@ -152,6 +152,9 @@ class RefFilesystem:
 
 def _describe_ref(file: File) -> dict[str, str]:
     ref = file.ref
+    describe = getattr(ref, "describe", None)  # references of a view (decoded chunks) describe themselves
+    if describe is not None:
+        return describe()
     if isinstance(ref, Inline):
         return {"kind": "inline", "length": str(len(ref.data))}
     if isinstance(ref, Range):

@@ -17,6 +17,7 @@ from typing import Any
 from .backend import redact_url
 from .config import MountConfig
 from .daemon import backend_options, reference_storage_options
+from .decoded import is_object_dtype, unavailable_codecs
 from .namespace import Namespace
 from .policy import protocol_of
 from .refs.model import Inline, Range, Whole
@@ -31,6 +32,7 @@ class ArraySummary:
     codecs: list[str]
     missing_codecs: list[str]
     chunk_keys: int = 0
+    decoded_view: str = ""  # what -o view=decoded presents for this array
 
 
 @dataclass
@@ -99,13 +101,24 @@ def summarise(source: str, refs: dict, namespace: Namespace, policy) -> Summary:
         except ValueError:
             meta = {}
         ids = codec_ids(meta)
+        missing = unavailable_codecs(meta)
         summary.arrays.append(
             ArraySummary(
                 name=name, shape=meta.get("shape", []), chunks=meta.get("chunks", []), dtype=meta.get("dtype"),
-                codecs=ids, missing_codecs=missing_codecs(ids), chunk_keys=chunk_counts.get(name.strip("/"), 0),
+                codecs=ids, missing_codecs=missing, chunk_keys=chunk_counts.get(name.strip("/"), 0),
+                decoded_view=_decoded_view_note(meta, ids, missing),
             )
         )
     return summary
+
+
+def _decoded_view_note(meta: dict[str, Any], ids: list[str], missing: list[str]) -> str:
+    """How ``-o view=decoded`` presents an array: decoded, kept with its codec, or EIO."""
+    if is_object_dtype(meta):
+        return f"keeps codec {'+'.join(ids) or 'none'} (object dtype)"
+    if missing:
+        return f"chunks read as EIO (codec {', '.join(missing)} unavailable)"
+    return "decoded" if ids else "unchanged"
 
 
 def render(summary: Summary) -> str:
@@ -124,6 +137,8 @@ def render(summary: Summary) -> str:
         for array in summary.arrays:
             codecs = "+".join(array.codecs) or "raw"
             note = f"  MISSING CODEC: {', '.join(array.missing_codecs)}" if array.missing_codecs else ""
+            if array.decoded_view.startswith("keeps codec"):
+                note += f"  decoded view {array.decoded_view}"
             lines.append(
                 f"  {array.name:<24} {str(array.dtype):<8} shape={array.shape} chunks={array.chunks} "
                 f"codecs={codecs} chunk-keys={array.chunk_keys}{note}"

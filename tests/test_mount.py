@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import zarr
 
 from .datasets import kerchunk_references, reference_lengths, write_hdf5
 from .mounting import Mount, mounted
+from .support.http_range_server import RangeHTTPServer
 
 pytestmark = pytest.mark.fuse
 
@@ -52,6 +54,42 @@ def _serve_local(base: Path, h5: Path) -> dict:
     refs = kerchunk_references(h5, str(h5))
     (base / "refs.json").write_text(json.dumps(refs))
     return {"refs": refs, "refs_source": str(base / "refs.json")}
+
+
+@pytest.fixture(scope="module")
+def served_s3(local_s3):
+    """Place a dataset in a bucket of the session's S3 server; references stored in the bucket too."""
+
+    def serve(base: Path, h5: Path, arrays: dict) -> Served:
+        bucket = f"mount-{uuid.uuid4().hex[:12]}"
+        local_s3.create_bucket(bucket)
+        url = f"s3://{bucket}/archive/data.h5"
+        local_s3.upload(h5, url)
+        refs = kerchunk_references(h5, url)
+        local_s3.put(f"s3://{bucket}/refs/data.json", json.dumps(refs).encode())
+        return Served(
+            "s3", h5, arrays, refs, f"s3://{bucket}/refs/data.json",
+            options=["-o", f"endpoint_url={local_s3.endpoint_url}"],
+            env={k: v for k, v in local_s3.env().items() if not k.startswith("AWS_ENDPOINT_URL")},
+            storage_options=local_s3.storage_options(),
+        )
+
+    return serve
+
+
+@pytest.fixture(scope="module")
+def served_http(tmp_path_factory):
+    """Serve a dataset and its references from a real Range-capable HTTP server."""
+    root = tmp_path_factory.mktemp("http-root")
+    with RangeHTTPServer(root) as server:
+
+        def serve(base: Path, h5: Path, arrays: dict) -> Served:
+            shutil.copy(h5, root / "data.h5")
+            refs = kerchunk_references(h5, server.url_for("data.h5"))
+            (root / "refs.json").write_text(json.dumps(refs))
+            return Served("http", h5, arrays, refs, server.url_for("refs.json"))
+
+        yield serve
 
 
 @pytest.fixture(scope="module", params=["local", "s3", "http"])
