@@ -26,7 +26,8 @@ from typing import Iterable
 
 from cachetools import LRUCache
 
-from .backend import RangeReader
+from .backend import RangeReader, redact_url
+from .errors import BackendError
 from .metrics import Metrics
 from .ranges import ByteRange, assemble, block_range, blocks_covering, plan_fetches, split_blocks
 
@@ -66,8 +67,12 @@ class BlockCache:
         """The bytes of ``rng`` in ``url``; ``extent`` bounds the object part that may be fetched."""
         if rng.length == 0:
             return b""
+        extent = self._bounded(url, extent)
         if rng.stop > extent:
-            raise ValueError(f"range {rng} beyond extent {extent}")
+            raise BackendError(
+                f"{redact_url(url)} [{rng.start}, {rng.stop}): the references reach beyond the end of the object "
+                f"({extent} bytes)"
+            )
         indices = blocks_covering(rng, self.block_size)
         found, waiting, mine = self._claim(url, indices, rng)
         if mine:
@@ -86,6 +91,7 @@ class BlockCache:
 
     def prefetch(self, url: str, rng: ByteRange, extent: int) -> None:
         """Fetch the missing blocks of ``rng`` without returning them (readahead)."""
+        extent = self._bounded(url, extent)
         rng = ByteRange(rng.start, min(rng.stop, extent))
         if rng.length == 0:
             return
@@ -103,6 +109,12 @@ class BlockCache:
             self._blocks.clear()
 
     # -- internals ---------------------------------------------------------
+
+    def _bounded(self, url: str, extent: int) -> int:
+        """Cut ``extent`` at the object's real size, so one reference past the end cannot spoil its neighbours' blocks."""
+        known_size = getattr(self.backend, "known_size", None)
+        size = known_size(url) if known_size is not None else None
+        return extent if size is None else min(extent, size)
 
     def _needed(self, index: int, rng: ByteRange) -> int:
         """How many bytes of block ``index`` a read of ``rng`` needs to exist."""

@@ -100,7 +100,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_list,
         (),
         "protocols or URL prefixes references may reach (s3,https or s3://archive/; in -o: allow=s3|https); "
-        "default: any remote protocol, and local files only for a local reference set",
+        "default: s3, gs, az, abfs, http(s), and local files only for a local reference set",
         "LIST",
     ),
     # Cache and reading

@@ -72,8 +72,11 @@ def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
     """Refuse a mountpoint that is missing, in use, stale or (unless asked) not empty."""
     try:
         st = os.stat(path)
+        if os.path.ismount(path):
+            # The kernel answers stat from cached attributes even for a dead daemon; statfs always asks it.
+            os.statvfs(path)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             if force:
                 log.warning("%s is a stale mount of a daemon that died; unmounting it", path)
                 unmount(path, lazy=True)

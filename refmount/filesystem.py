@@ -39,7 +39,8 @@ class TreeOwner:
         return stat.S_IFREG | (FILE_MODE & ~self.umask & 0o777)
 
     def dir_mode(self) -> int:
-        return stat.S_IFDIR | (DIR_MODE & ~(self.umask & 0o777 & ~0o111) & 0o777)
+        # The umask applies to directories as to files (umask 027 means no access for others at all).
+        return stat.S_IFDIR | (DIR_MODE & ~self.umask & 0o777)
 
 
 class RefFilesystem:

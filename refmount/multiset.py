@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 
 from .backend import FsspecBackend, redact_url
 from .cache import BlockCache
-from .errors import ConfigError, InvalidReferences, RefmountError, IsADirectory, NoAttribute, NotADirectory, NotFound, ReadOnly
+from .errors import ConfigError, InvalidReferences, RefmountError, IsADirectory, NoAttribute, NotFound, ReadOnly
 from .filesystem import RefFilesystem, TreeOwner
 from .metrics import Metrics
 from .namespace import Namespace, inode_of
@@ -53,7 +53,7 @@ from .refs.model import Reference
 log = logging.getLogger("refmount.sets")
 
 #: ``(url, storage_options) -> (mtime, references)``
-Loader = Callable[[str, dict], tuple[float, Mapping[str, Reference]]]
+Loader = Callable[[str, dict], "LoadedSet"]
 
 JSON_SUFFIXES = (".json", ".json.gz", ".json.bz2", ".json.xz", ".json.zst", ".jsonl")
 PARQUET_MARKER = ".zmetadata"
@@ -65,21 +65,31 @@ RETRY_FAILED_AFTER = 30.0
 # -- loaders ---------------------------------------------------------------------
 
 
-def load_json_set(url: str, storage_options: dict) -> tuple[float, Mapping[str, Reference]]:
+@dataclass(frozen=True)
+class LoadedSet:
+    """What a loader returns: the set's timestamp, its references, and the source facts it recorded."""
+
+    mtime: float
+    refs: Mapping[str, Reference]
+    sources: Mapping[str, Mapping[str, Any]]
+
+
+def load_json_set(url: str, storage_options: dict) -> LoadedSet:
     from .refs.source import load_references
 
     reference_file, refs = load_references(url, storage_options)
-    return reference_file.mtime, refs
+    return LoadedSet(reference_file.mtime, refs, reference_file.sources)
 
 
-def load_parquet_set(url: str, storage_options: dict) -> tuple[float, Mapping[str, Reference]]:
+def load_parquet_set(url: str, storage_options: dict) -> LoadedSet:
     try:
         from .refs import parquet  # type: ignore[attr-defined]
     except ImportError:
         raise ConfigError(f"{redact_url(url)} is a Parquet reference set; this build cannot read them") from None
     result = parquet.load_references(url, storage_options)
     reference_file, refs = result
-    return float(getattr(reference_file, "mtime", 0.0) or 0.0), refs
+    mtime = float(getattr(reference_file, "mtime", 0.0) or 0.0)
+    return LoadedSet(mtime, refs, getattr(reference_file, "sources", {}) or {})
 
 
 LOADERS: dict[str, Loader] = {"json": load_json_set, "parquet": load_parquet_set}
@@ -549,8 +559,9 @@ def open_tree(config: Any) -> ServedTree:
 
     def build(source: SetSource) -> RefFilesystem:
         loaded_at = time.monotonic()
-        mtime, refs = LOADERS[source.kind](source.url, storage)
-        namespace = Namespace(refs)
+        loaded = LOADERS[source.kind](source.url, storage)
+        backend.remember_sources(loaded.sources)
+        mtime, namespace = loaded.mtime, Namespace(loaded.refs)
         refused = sorted({url for url in namespace.urls if not options.policy.permits(url)})
         if refused:
             log.warning("%s: %d referenced URL(s) are not allowed and will read as EACCES, e.g. %s: %s",

@@ -58,7 +58,9 @@ __all__ = [
     "MAX_GENERATED_KEYS",
     "MAX_OFFSET",
     "parse_reference_bytes",
+    "parse_reference_document",
     "parse_references",
+    "recorded_sources",
 ]
 
 #: Offsets and range ends must be below this: the largest ``off_t`` + 1.
@@ -98,6 +100,30 @@ def parse_reference_bytes(data: bytes, *, default_url: str | None = None) -> dic
     """
     with _gc_paused():
         return parse_references(decode_json(data), default_url=default_url)
+
+
+def parse_reference_document(
+    data: bytes, *, default_url: str | None = None
+) -> tuple[dict[str, Reference], dict[str, Any]]:
+    """Like :func:`parse_reference_bytes`, also returning the scanner's recorded source facts."""
+    with _gc_paused():
+        obj = decode_json(data)
+        return parse_references(obj, default_url=default_url), recorded_sources(obj)
+
+
+def recorded_sources(obj: Any) -> dict[str, Any]:
+    """``{url: {"size", "etag", "mtime"}}`` that ``refmount scan`` records in a v1 set, or {}.
+
+    Advisory only (used to detect objects that changed since the scan), so a
+    missing or malformed ``refmount`` key is ignored rather than refused.
+    """
+    if not isinstance(obj, dict) or obj.get("version") != 1:
+        return {}
+    extra = obj.get("refmount")
+    sources = extra.get("sources") if isinstance(extra, dict) else None
+    if not isinstance(sources, dict):
+        return {}
+    return {url: facts for url, facts in sources.items() if isinstance(url, str) and isinstance(facts, dict)}
 
 
 def parse_references(obj: Any, *, default_url: str | None = None) -> dict[str, Reference]:

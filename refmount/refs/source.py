@@ -23,14 +23,14 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
 from refmount.errors import BackendError, ConfigError, InvalidReferences
-from refmount.refs.kerchunk import parse_reference_bytes
+from refmount.refs.kerchunk import parse_reference_document
 from refmount.refs.model import Reference
 
 __all__ = ["ReferenceFile", "load_references", "read_reference_file"]
@@ -43,6 +43,8 @@ class ReferenceFile:
     url: str  # as given (local paths made absolute)
     data: bytes  # decompressed
     mtime: float  # the reference file's modification time (POSIX seconds), 0.0 if unknown
+    #: ``{url: {"size", "etag", "mtime"}}`` recorded by ``refmount scan`` (empty if none), for staleness checks
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def read_reference_file(url: str, storage_options: dict | None = None) -> ReferenceFile:
@@ -79,12 +81,12 @@ def load_references(
     """
     ref_file = read_reference_file(url, storage_options)
     try:
-        references = parse_reference_bytes(ref_file.data)
+        references, sources = parse_reference_document(ref_file.data)
     except InvalidReferences as exc:
         error = InvalidReferences(f"in {redact_url(ref_file.url)}: {exc}")
         error.key = exc.key
         raise error from None
-    return ref_file, references
+    return replace(ref_file, sources=sources), references
 
 
 # --------------------------------------------------------------------------
