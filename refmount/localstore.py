@@ -254,6 +254,10 @@ class LocalS3:
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
 
+    def delete_bucket(self, name: str) -> None:
+        """Delete bucket ``name`` and everything in it (SeaweedFS allows non-empty deletes)."""
+        self._boto().delete_bucket(Bucket=name)
+
     def put(self, url_or_key: str, data: bytes) -> None:
         """Store ``data`` at ``s3://bucket/key`` (the bucket is created if missing)."""
         bucket, key = _split_url(url_or_key)

@@ -69,8 +69,8 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
         return max(0, size - n), size - 1
     start = int(first)
     end = int(last) if last else size - 1
-    if end < start:
-        return None
+    if last and end < start:
+        return None  # invalid, not unsatisfiable: ignore the header
     if start >= size:
         return "416"
     return start, min(end, size - 1)
@@ -166,6 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default 5 makes bursts of parallel clients wait for SYN retries
     owner: RangeHTTPServer
 
 
@@ -197,7 +198,7 @@ class RangeHTTPServer:
         httpd = _Server((self.host, 0), _Handler)
         httpd.owner = self
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="range-http", daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="range-http", daemon=True)
         self._thread.start()
         return self
 

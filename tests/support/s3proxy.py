@@ -325,6 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default 5 makes bursts of parallel clients wait for SYN retries
     allow_reuse_address = True
     owner: S3Proxy
 
@@ -378,7 +379,7 @@ class S3Proxy:
         httpd.owner = self
         self._port = httpd.server_address[1]
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="s3-proxy", daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="s3-proxy", daemon=True)
         self._thread.start()
         return self
 
