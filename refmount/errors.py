@@ -67,6 +67,10 @@ class UnsupportedCodec(RefmountError):
     """A chunk needs a codec that is not installed (decoded view)."""
 
 
+class DecodeError(RefmountError):
+    """A chunk's bytes do not decode with its codecs (corrupt, failed checksum, wrong size): EIO, never data."""
+
+
 class NoAttribute(RefmountError):
     """An extended attribute that does not exist."""
 
@@ -81,6 +85,7 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (BackendError, errno.EIO),
     (ForbiddenURL, errno.EACCES),
     (UnsupportedCodec, errno.EIO),
+    (DecodeError, errno.EIO),
     (NoAttribute, errno.ENODATA),
     (ReferenceError_, errno.EIO),
     (RefmountError, errno.EIO),

@@ -1,0 +1,7 @@
+"""``python -m refmount``: the same as the ``refmount`` command (used to start the daemon)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

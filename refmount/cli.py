@@ -1,0 +1,160 @@
+"""The ``refmount`` command: argument parsing only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .config import OPTIONS, MountConfig, parse_mount_options, parse_value
+from .errors import RefmountError
+
+
+def _add_mount_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per entry of the option table, plus -o for mount-style options."""
+    group = parser.add_argument_group("mount options (also accepted as -o name=value)")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        default = "" if option.default in (None, ()) else f" (default: {_show_default(option.name, option.default)})"
+        if option.is_flag:
+            group.add_argument(flag, dest=option.name, action="store_true", default=None, help=option.help + default)
+            if option.default is True:
+                group.add_argument(
+                    "--no-" + option.name.replace("_", "-"), dest=option.name, action="store_false",
+                    help=f"turn {option.name} off",
+                )
+        else:
+            group.add_argument(flag, dest=option.name, metavar=option.metavar, default=None, help=option.help + default)
+    parser.add_argument(
+        "-o", dest="mount_options", action="append", default=[], metavar="OPTS",
+        help="comma-separated options as mount(8) takes them, e.g. -o cache_size=4G,endpoint_url=http://rgw:8080; "
+        "PROTOCOL.NAME=VALUE passes NAME to that protocol's fsspec filesystem (e.g. s3.requester_pays=true)",
+    )
+
+
+def _show_default(name: str, value: Any) -> str:
+    if name in ("cache_size", "block_size", "max_request", "readahead") and isinstance(value, int):
+        for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value % size == 0:
+                return f"{value // size}{unit}"
+    if name == "umask":
+        return f"{value:03o}"
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refmount",
+        description="Mount kerchunk/fsspec reference sets (virtual Zarr datasets on object storage) "
+        "as a read-only POSIX directory tree.",
+    )
+    parser.add_argument("--version", action="version", version=f"refmount {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser(
+        "mount", help="mount a reference set",
+        description="Mount the reference set REFS (local path or fsspec URL, JSON, optionally .gz/.bz2/.xz/.zst) "
+        "at MOUNTPOINT. Returns once the mount answers, unless --foreground.",
+    )
+    mount.add_argument("source", metavar="REFS", help="reference set: path or URL (s3://, https://, ...)")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay attached (for systemd and debugging)")
+    mount.add_argument("--force", action="store_true", help="clean a stale mount left by a daemon that died")
+    _add_mount_options(mount)
+
+    umount = commands.add_parser("umount", help="unmount a refmount tree (also a stale one)")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument("-z", "--lazy", action="store_true", help="detach now, clean up when no longer busy")
+
+    inspect = commands.add_parser(
+        "inspect", help="load and check a reference set without mounting it",
+        description="Validate a reference set and summarise it: keys, arrays, codecs, objects and bytes referenced.",
+    )
+    inspect.add_argument("source", metavar="REFS")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_mount_options(inspect)
+
+    scan = commands.add_parser(
+        "scan", help="make reference sets from HDF5/NetCDF4 files",
+        description="Scan HDF5 and NetCDF4 files (paths, globs or fsspec URLs) into kerchunk JSON reference sets.",
+    )
+    try:
+        from .scan.command import add_arguments as add_scan_arguments
+    except ImportError:  # pragma: no cover - the scanner ships with the package
+        add_scan_arguments = None
+    if add_scan_arguments is not None:
+        add_scan_arguments(scan)
+
+    demo = commands.add_parser(
+        "demo", help="run the whole path on a local object store: scan, mount, list and read",
+        description="Start a throwaway local S3 server (SeaweedFS), write a small NetCDF4 file to it, "
+        "scan it, mount the references and read them with POSIX tools and xarray.",
+    )
+    demo.add_argument("--workdir", help="keep files here instead of a temporary directory")
+    return parser
+
+
+def mount_config(args: argparse.Namespace) -> MountConfig:
+    """Merge -o options and flags (flags win) into a validated MountConfig."""
+    values: dict[str, Any] = {}
+    storage: dict[str, dict[str, Any]] = {}
+    for text in args.mount_options:
+        parsed, per_protocol = parse_mount_options(text)
+        values.update(parsed)
+        for protocol, options in per_protocol.items():
+            storage.setdefault(protocol, {}).update(options)
+    for option in OPTIONS:
+        raw = getattr(args, option.name, None)
+        if raw is not None:
+            values[option.name] = parse_value(option.name, raw)
+    return MountConfig.build(args.source, getattr(args, "mountpoint", "."), values, storage)
+
+
+def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import daemon
+
+    config = mount_config(args)
+    if args.foreground:
+        return daemon.serve(config, force=args.force)
+    forwarded = [arg for arg in argv if arg not in ("-f", "--foreground")]
+    return daemon.start_background(forwarded, config.mountpoint, config.log_file)
+
+
+def _run_umount(args: argparse.Namespace) -> int:
+    from . import daemon
+
+    daemon.unmount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return _run_mount(args, argv)
+        if args.command == "umount":
+            return _run_umount(args)
+        if args.command == "inspect":
+            from .inspect import run_inspect
+
+            return run_inspect(mount_config(args), as_json=args.json)
+        if args.command == "scan":
+            from .scan.command import run as run_scan
+
+            return run_scan(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.workdir)
+    except RefmountError as exc:
+        print(f"refmount {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
