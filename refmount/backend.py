@@ -108,11 +108,12 @@ def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]
             kwargs["profile"] = options.profile
         if options.anon:
             kwargs["anon"] = True
-        # botocore's own retries stay short: the retry loop here owns the time budget.
+        # One attempt is one request: the retry loop here owns the retries and the time
+        # budget, and `gets` counts what the store sees (s3fs's own retries: see single_attempt).
         kwargs["config_kwargs"] = {
             "connect_timeout": min(10.0, options.timeout),
             "read_timeout": stall_timeout(options),
-            "retries": {"max_attempts": 2, "mode": "standard"},
+            "retries": {"max_attempts": 1, "mode": "standard"},
             "max_pool_connections": max(10, options.max_concurrency),
         }
     elif protocol in ("http", "https"):
@@ -131,6 +132,18 @@ def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]
     kwargs.update(extra)
     kwargs["skip_instance_cache"] = True
     return kwargs
+
+
+def single_attempt(fs: fsspec.AbstractFileSystem) -> None:
+    """Switch off a filesystem's own retry loop (s3fs retries SlowDown and resets 5 times by itself).
+
+    Retries nested under the backend's would multiply its attempts and
+    backoff, hide requests from the ``gets`` figure, and leave the time bound
+    to whichever layer gives up last.
+    """
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "s3" in protocols and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -218,6 +231,7 @@ class FsspecBackend:
                     fs = fsspec.filesystem(protocol, **filesystem_options(protocol, self.options))
                 except (ImportError, ValueError) as exc:
                     raise BackendError(f"no usable filesystem for protocol {protocol!r}: {exc}") from None
+                single_attempt(fs)
                 self._filesystems[protocol] = fs
         return fs, fs._strip_protocol(url)
 

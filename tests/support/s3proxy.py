@@ -20,6 +20,7 @@ import random
 import socket
 import struct
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from . import RequestStats
 
 __all__ = ["S3Proxy", "Fault", "FAULT_KINDS"]
 
-FAULT_KINDS = ("503", "500", "reset", "stall", "cut", "bad_length")
+FAULT_KINDS = ("503", "500", "reset", "stall", "cut", "bad_length", "oversized", "slow")
 
 # Headers that describe one hop, not the message; never relayed as is.
 _HOP_BY_HOP = {
@@ -43,6 +44,7 @@ _HOP_BY_HOP = {
     "upgrade",
 }
 _CHUNK = 64 * 1024
+_SLOW_PIECE = 16 * 1024
 
 
 class _Credentials(Protocol):
@@ -65,7 +67,11 @@ class Fault:
     ``seconds``, or until :meth:`S3Proxy.release` when ``seconds`` is None,
     then forward it), ``"cut"`` (relay headers, send ``keep`` fraction of the
     body, close), ``"bad_length"`` (relay the body with ``Content-Length``
-    off by ``delta``, close).
+    off by ``delta``, close), ``"oversized"`` (relay the body followed by
+    ``extra`` bytes of zeros, the ``Content-Length`` counting them, close: a
+    store answering more than the range asked), ``"slow"`` (relay the right
+    answer in 16 KiB pieces with ``seconds`` (default 0.05) of pause between
+    them, so a test can act while a body is on the wire).
     """
 
     kind: str
@@ -75,6 +81,7 @@ class Fault:
     seconds: float | None = None
     keep: float = 0.5
     delta: int = -1
+    extra: int = 100
     hits: int = 0
 
     def matches(self, method: str) -> bool:
@@ -239,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             self.send_header(name, value)
         has_body = self.command != "HEAD" and resp.status not in (204, 304)
-        if plan.kind in ("cut", "bad_length") and has_body:
+        if plan.kind in ("cut", "bad_length", "oversized") and has_body:
             self._relay_faulty(resp, plan)
             return
         if length_header is not None:
@@ -260,24 +267,32 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # read(amt), unlike read1(), marks the response closed at its end so the
         # upstream connection can carry the next request.
-        while data := resp.read(_CHUNK):
+        slow = plan.kind == "slow"
+        while data := resp.read(_SLOW_PIECE if slow else _CHUNK):
             if chunked:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             else:
                 self.wfile.write(data)
             owner.stats.add_sent(len(data))
+            if slow:
+                assert plan.fault is not None
+                self.wfile.flush()
+                time.sleep(0.05 if plan.fault.seconds is None else plan.fault.seconds)
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
     def _relay_faulty(self, resp: http.client.HTTPResponse, plan: _Plan) -> None:
-        """Cut the body short, or announce a wrong length; either way close afterwards."""
+        """Cut the body short, announce a wrong length, or pad it; either way close afterwards."""
         assert plan.fault is not None
         data = resp.read()
         if plan.kind == "cut":
             declared, sent = len(data), data[: int(len(data) * plan.fault.keep)]
             if len(sent) == len(data) and data:
                 sent = data[:-1]
+        elif plan.kind == "oversized":
+            sent = data + b"\0" * plan.fault.extra
+            declared = len(sent)
         else:
             declared, sent = max(0, len(data) + plan.fault.delta), data
         self.send_header("Content-Length", str(declared))
@@ -482,6 +497,7 @@ class S3Proxy:
         seconds: float | None = None,
         keep: float = 0.5,
         delta: int = -1,
+        extra: int = 100,
     ) -> Fault:
         """Add a fault rule; give ``count`` (next N) or ``share`` (probability), not both.
 
@@ -502,6 +518,7 @@ class S3Proxy:
             seconds=seconds,
             keep=keep,
             delta=delta,
+            extra=extra,
         )
         with self._injector.lock:
             self._injector.faults.append(fault)
