@@ -113,7 +113,7 @@ def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]
         kwargs["config_kwargs"] = {
             "connect_timeout": min(10.0, options.timeout),
             "read_timeout": stall_timeout(options),
-            "retries": {"max_attempts": 1, "mode": "standard"},
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
             "max_pool_connections": max(10, options.max_concurrency),
         }
     elif protocol in ("http", "https"):
