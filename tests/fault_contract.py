@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from .faultstores import COMMON_FAULTS, FaultStore, etag_of
+from .faultstores import COMMON_FAULTS, FaultStore
 from .mounting import mounted
 from .readers import read_file
 
@@ -80,7 +80,7 @@ class FaultContract:
             "refs": refs,
             "refmount": {
                 "sources": {
-                    urls["data"]: {"size": len(data), "etag": etag_of(data)},
+                    urls["data"]: {"size": len(data), "etag": store.etag("data.bin")},
                     urls["stale"]: {"size": len(recorded_wrong), "etag": '"0123456789abcdef"'},
                 }
             },

@@ -9,13 +9,13 @@ store maps them onto what its server calls them.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
+from pathlib import Path
 from typing import Protocol
 
 from refmount.localstore import LocalS3
 
-from .faulty_http import FaultyHTTPServer
+from .support.http_range_server import RangeHTTPServer
 from .support.s3proxy import S3Proxy
 
 #: Faults every store can inject, in the contract's words.
@@ -27,11 +27,6 @@ COMMON_FAULTS = ("503", "500", "reset", "stall", "short", "wrong_length", "overs
 TRANSIENT_STALL = 4.0
 
 
-def etag_of(data: bytes) -> str:
-    """The ETag both stores give an object stored in one piece: the quoted MD5 of its bytes."""
-    return '"' + hashlib.md5(data).hexdigest() + '"'
-
-
 class FaultStore(Protocol):
     """What the fault contract needs from a store."""
 
@@ -41,6 +36,9 @@ class FaultStore(Protocol):
 
     def put(self, name: str, data: bytes) -> str:
         """Store ``data`` as object ``name`` (bypassing any fault) and return its URL."""
+
+    def etag(self, name: str) -> str:
+        """The ETag the store gives object ``name`` now."""
 
     def inject(self, fault: str, count: int) -> None:
         """Apply ``fault`` to the next ``count`` requests."""
@@ -71,13 +69,13 @@ class FaultStore(Protocol):
 
 
 class HTTPFaultStore:
-    """The HTTP object server on loopback, misbehaving itself."""
+    """The shared HTTP range server on loopback, misbehaving itself."""
 
     name = "http"
     extra_faults = ("ignore_range",)
 
-    def __init__(self) -> None:
-        self.server = FaultyHTTPServer().start()
+    def __init__(self, root: Path) -> None:
+        self.server = RangeHTTPServer(root).start()
 
     def close(self) -> None:
         self.server.kill()
@@ -85,28 +83,43 @@ class HTTPFaultStore:
     def put(self, name: str, data: bytes) -> str:
         return self.server.put(name, data)
 
+    def etag(self, name: str) -> str:
+        return self.server.etag_for(name)
+
+    @staticmethod
+    def _switches(fault: str, stall: float) -> dict[str, object]:
+        return {
+            "503": {"fail": True, "fail_status": 503},
+            "500": {"fail": True, "fail_status": 500},
+            "reset": {"reset": True},
+            "stall": {"stall": stall},
+            "short": {"cut_body": 1000},
+            "wrong_length": {"content_length_delta": 1000},
+            "oversized": {"extra_bytes": 100},
+            "ignore_range": {"ignore_range": True},
+            "slow": {"slow": 0.05},
+        }[fault]
+
     def inject(self, fault: str, count: int) -> None:
-        self.server.always(None, stall_seconds=TRANSIENT_STALL)
-        self.server.inject(*[fault] * count)
+        self.server.misbehave(count=count, **self._switches(fault, TRANSIENT_STALL))
 
     def always(self, fault: str) -> None:
-        self.server.always(fault, stall_seconds=60)
+        self.server.misbehave(**self._switches(fault, 60.0))
 
     def heal(self) -> None:
-        self.server.heal()
+        self.server.behave()
 
     def gets(self) -> int:
-        return len(self.server.requests())
+        return self.server.counts()["by_method"].get("GET", 0)
 
     def requested(self, name: str) -> bool:
-        return any(path == f"/{name}" for _, path, _ in self.server.requests())
+        return any(method == "GET" and path == f"/{name}" for method, path, _ in list(self.server.requests))
 
     def kill(self) -> None:
         self.server.kill()
 
     def revive(self) -> None:
-        if self.server._server is None:
-            self.server.start()
+        self.server.start()
 
     def mount_options(self) -> list[str]:
         return []
@@ -155,6 +168,9 @@ class S3FaultStore:
     def put(self, name: str, data: bytes) -> str:
         self.store.put(self.url(name), data)
         return self.url(name)
+
+    def etag(self, name: str) -> str:
+        return self.store.filesystem().info(self.url(name))["ETag"]
 
     def _rule(self, fault: str, **selection: float) -> None:
         if fault == "stall":

@@ -27,7 +27,8 @@ class Mount:
             return ""
 
 
-def _answers(path: Path) -> bool:
+def answers(path: Path) -> bool:
+    """Whether ``path`` is a mount that answers (a dead daemon's mount is there but does not)."""
     try:
         return os.path.ismount(path) and os.stat(path) is not None
     except OSError:
@@ -66,7 +67,7 @@ def mounted(
     mount = Mount(path, process, log_path)
     try:
         deadline = time.monotonic() + timeout
-        while not _answers(path):
+        while not answers(path):
             if process.poll() is not None:
                 raise AssertionError(f"refmount exited with {process.returncode} before mounting:\n{mount.log()}")
             if time.monotonic() > deadline:
@@ -74,7 +75,7 @@ def mounted(
             time.sleep(0.05)
         yield mount
     finally:
-        if _answers(path) or os.path.ismount(path):
+        if answers(path) or os.path.ismount(path):
             subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, timeout=20)
         try:
             process.wait(timeout=15)

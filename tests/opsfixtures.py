@@ -12,6 +12,7 @@ from pathlib import Path
 from refmount.mount_helper import install_helpers
 
 from .datasets import kerchunk_references, write_hdf5
+from .mounting import answers  # noqa: F401 - re-exported for the operations tests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,13 +65,6 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def answers(path: Path) -> bool:
-    try:
-        return os.path.ismount(path) and os.stat(path) is not None
-    except OSError:
-        return False
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,12 +1,10 @@
-"""Helpers for the scan tests: reading references back, and a Range-capable HTTP server."""
+"""Helpers for the scan tests: reading references back and comparing arrays.
+
+Remote scans use the shared HTTP server, :mod:`tests.support.http_range_server`.
+"""
 
 from __future__ import annotations
 
-import http.server
-import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,75 +92,3 @@ def assert_same_array(actual: Any, expected: np.ndarray, label: str) -> None:
 
 def _text(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files with HEAD, ETag and single-range GET support; counts bytes sent."""
-
-    counter: dict[str, int]
-
-    def log_message(self, *args: Any) -> None:  # keep test output clean
-        pass
-
-    def _target(self) -> Path | None:
-        path = Path(self.translate_path(self.path))
-        return path if path.is_file() else None
-
-    def _headers(self, path: Path, status: int, start: int, end: int) -> None:
-        size = path.stat().st_size
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{size:x}-{int(path.stat().st_mtime_ns):x}"')
-        self.send_header("Content-Length", str(end - start))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        self.end_headers()
-
-    def do_HEAD(self) -> None:
-        path = self._target()
-        if path is None:
-            self.send_error(404)
-            return
-        self._headers(path, 200, 0, path.stat().st_size)
-
-    def do_GET(self) -> None:
-        path = self._target()
-        if path is None:
-            self.send_error(404)
-            return
-        size = path.stat().st_size
-        start, end, status = 0, size, 200
-        spec = self.headers.get("Range")
-        if spec and spec.startswith("bytes="):
-            first, _, last = spec[6:].partition("-")
-            start = int(first) if first else max(0, size - int(last))
-            end = min(size, int(last) + 1) if (first and last) else size
-            status = 206
-        self._headers(path, status, start, end)
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start)
-        self.counter["requests"] += 1
-        self.counter["bytes"] += len(data)
-        self.wfile.write(data)
-
-
-@contextmanager
-def http_server(directory: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    """Serve ``directory`` on 127.0.0.1 (ephemeral port); yield base URL and byte counter."""
-    counter = {"requests": 0, "bytes": 0}
-    handler = type("Handler", (_RangeHandler,), {"counter": counter})
-
-    def make(*args: Any, **kwargs: Any) -> _RangeHandler:
-        return handler(*args, directory=os.fspath(directory), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", counter
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

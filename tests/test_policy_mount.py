@@ -18,7 +18,7 @@ import pytest
 
 from refmount.policy import UrlPolicy
 
-from .faulty_http import FaultyHTTPServer
+from .support.http_range_server import RangeHTTPServer
 from .mounting import mounted
 from .readers import read_file
 
@@ -26,10 +26,9 @@ pytestmark = pytest.mark.fuse
 
 
 @pytest.fixture(scope="module")
-def server():
-    srv = FaultyHTTPServer().start()
-    yield srv
-    srv.kill()
+def server(tmp_path_factory):
+    with RangeHTTPServer(tmp_path_factory.mktemp("policy-http")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +45,10 @@ def published(server, tmp_path_factory):
         "chained": ["simplecache::file://" + str(secret), 0, 5],
         "public": [public, 0, 1300],
         "private": [private, 0, 1400],
-        "sneaky": [server.url("pub/../priv/data.bin"), 0, 1400],
+        "sneaky": [f"{server.url}/pub/../priv/data.bin", 0, 1400],
     }
     server.put("refs.json", json.dumps(refs).encode())
-    return {"url": server.url("refs.json"), "base": base, "secret": secret}
+    return {"url": server.url_for("refs.json"), "base": base, "secret": secret}
 
 
 def test_remote_set_cannot_read_local_files_by_default(published):
@@ -62,7 +61,7 @@ def test_remote_set_cannot_read_local_files_by_default(published):
 
 
 def test_allow_prefix_admits_only_what_it_names(server, published):
-    allow = server.url("pub/")
+    allow = f"{server.url}/pub/"
     with mounted(published["url"], published["base"] / "m2", ["--allow", allow]) as m:
         assert read_file(m.path / "public", timeout=60).ok
         for key in ("private", "sneaky", "secret"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import bz2
 import datetime as dt
 import gzip
-import http.server
 import json
 import lzma
 import os
@@ -14,7 +13,6 @@ import sys
 import subprocess
 import shutil
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +31,8 @@ from refmount.refs.source import (
     redact_url,
     to_posix_seconds,
 )
+
+from .support.http_range_server import RangeHTTPServer
 
 DOC = {
     "version": 1,
@@ -305,43 +305,13 @@ def test_redact_url(url, shown):
 # HTTP, against a real server on 127.0.0.1
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the directory; ``/fail/...`` answers 500 for failure tests."""
-
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path.startswith("/fail/"):
-            self.send_error(500, "synthetic failure")
-            return
-        super().do_HEAD()
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.startswith("/fail/"):
-            self.send_error(500, "synthetic failure")
-            return
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
-        pass
-
-
 @pytest.fixture(scope="module")
 def http_dir(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """A threaded HTTP server on an ephemeral port serving a temporary directory."""
+    """The shared HTTP server on a temporary directory; ``/fail/...`` answers 500 for failure tests."""
     root = tmp_path_factory.mktemp("http")
-
-    def handler(*args, **kwargs):
-        return _Handler(*args, directory=str(root), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with RangeHTTPServer(root) as server:
+        server.misbehave(fail_prefix="/fail/", fail_status=500)
+        yield server.url, root
 
 
 @pytest.mark.parametrize("extension", list(COMPRESSORS))
@@ -353,7 +323,7 @@ def test_http_plain_and_compressed(http_dir, extension):
     assert ref_file.url == url
     assert ref_file.data == DOC_BYTES
     assert refs == EXPECTED
-    # http.server sends Last-Modified with one-second resolution.
+    # HTTP dates have one-second resolution.
     assert ref_file.mtime == pytest.approx(int(FIXED_MTIME))
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from .h5matrix import make_clean, make_many_chunks, make_matrix
 from refmount.scan import StrictScanError, scan_hdf5
-from .scan_fixtures import http_server, open_refs
+from .scan_fixtures import open_refs
+from .support.http_range_server import RangeHTTPServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +26,8 @@ def strip_urls(refs: dict) -> dict:
 def test_http_scan_equals_local_scan(tmp_path: Path) -> None:
     path = make_matrix(tmp_path)
     local = scan_hdf5(str(path))
-    with http_server(tmp_path) as (base, counter):
-        url = f"{base}/{path.name}"
+    with RangeHTTPServer(tmp_path) as server:
+        url = server.url_for(path.name)
         remote = scan_hdf5(url)
         assert remote.refs["templates"] == {"u": url}
         assert strip_urls(remote.refs) == strip_urls(local.refs)
@@ -42,11 +43,12 @@ def test_remote_scan_reads_far_less_than_the_file(tmp_path: Path) -> None:
 
     with h5py.File(path, "w") as f:
         f.create_dataset("noise", data=np.random.default_rng(0).random((2000, 2000)), chunks=(250, 250))
-    with http_server(tmp_path) as (base, counter):
-        result = scan_hdf5(f"{base}/big.h5")
+    with RangeHTTPServer(tmp_path) as server:
+        result = scan_hdf5(server.url_for("big.h5"))
+        counter = server.counts()
     assert result.report.chunks == 64
-    assert counter["bytes"] < path.stat().st_size / 4
-    assert counter["requests"] <= 10
+    assert counter["bytes_sent"] < path.stat().st_size / 4
+    assert counter["by_method"]["GET"] <= 10
 
 
 def test_strict_raises_with_reasons(tmp_path: Path) -> None:

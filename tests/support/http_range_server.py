@@ -6,7 +6,11 @@ reject servers that ignore ``Range``. This server lets tests check those
 properties over a real socket: it serves a directory, honours
 ``Range: bytes=a-b`` / ``a-`` / ``-n`` (206 with ``Content-Range``, 416 when
 unsatisfiable), sends ``ETag`` / ``Last-Modified`` / ``Accept-Ranges``, counts
-requests, and can be told to misbehave the way real servers do.
+requests, and can be told to misbehave the way real servers and object
+stores do: fail, reset, stall, cut or pad bodies, lie about lengths, ignore
+Range, trickle, or die mid-body and come back on the same port. Like an
+object store it refuses a GET whose ``If-Match`` names another ETag (412),
+so tests of changed objects run against it too.
 """
 
 from __future__ import annotations
@@ -17,17 +21,18 @@ import re
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import RequestStats
+from .loopback import LoopbackServer, TrackedHandler
 
 __all__ = ["RangeHTTPServer", "Misbehaviour"]
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 64 * 1024
+_SLOW_PIECE = 16 * 1024
 
 
 @dataclass
@@ -40,6 +45,15 @@ class Misbehaviour:
     ``cut_body``: send this many bytes fewer than advertised, then close.
     ``delay``: seconds to sleep before answering each request.
     ``fail_count`` / ``fail_status``: answer the next N requests with this status.
+    ``fail``: answer every request with ``fail_status``.
+    ``fail_prefix``: answer requests for paths starting with this with ``fail_status``.
+    ``reset``: abort the connection with a TCP RST, answering nothing.
+    ``stall``: say nothing for this many seconds (or until :meth:`RangeHTTPServer.behave`), then close.
+    ``extra_bytes``: send this many zero bytes after the body, counted in ``Content-Length``
+    (more than the range asked for).
+    ``slow``: send the body in 16 KiB pieces with this many seconds between them.
+    ``count``: the switches (other than ``fail_count``) apply to the next ``count``
+    requests only, then the server behaves again; ``None``: until :meth:`RangeHTTPServer.behave`.
     """
 
     ignore_range: bool = False
@@ -48,6 +62,13 @@ class Misbehaviour:
     delay: float = 0.0
     fail_count: int = 0
     fail_status: int = 503
+    fail: bool = False
+    fail_prefix: str = ""
+    reset: bool = False
+    stall: float = 0.0
+    extra_bytes: int = 0
+    slow: float = 0.0
+    count: int | None = None
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
@@ -76,14 +97,8 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     return start, min(end, size - 1)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Serves files under ``server.root``; behaviour is read from ``server.owner``."""
-
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Silence the per-request stderr log; counters carry what tests need."""
+class _Handler(TrackedHandler):
+    """Serves files under ``server.owner.root``; behaviour is read from ``server.owner``."""
 
     def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
         self._serve(head=True)
@@ -99,8 +114,15 @@ class _Handler(BaseHTTPRequestHandler):
         bad = owner._take_behaviour()
         if bad.delay:
             time.sleep(bad.delay)
-        if bad.fail_count:
+        if bad.fail_count or bad.fail or (bad.fail_prefix and path.startswith(bad.fail_prefix)):
             self._send_simple(bad.fail_status, f"injected failure {bad.fail_status}\n".encode(), head)
+            return
+        if bad.reset:
+            self.reset_connection()
+            return
+        if bad.stall:
+            owner._released.wait(bad.stall)
+            self.close_connection = True
             return
         file = owner.resolve(path)
         if file is None:
@@ -120,6 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_file(self, file: Path, head: bool, bad: Misbehaviour) -> None:
         st = file.stat()
         size = st.st_size
+        etag = etag_of_stat(st)
+        if self.headers.get("If-Match") not in (None, "*", etag):
+            self._send_simple(412, b"precondition failed: the object has another ETag\n", head)
+            return
         rng = None if bad.ignore_range else _parse_range(self.headers.get("Range"), size)
         if rng == "416":
             self.send_response(416)
@@ -135,12 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{size:x}-{st.st_mtime_ns:x}"')
+        self.send_header("ETag", etag)
         self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
-        self.send_header("Content-Length", str(max(0, length + bad.content_length_delta)))
-        misbehaving = bool(bad.content_length_delta or bad.cut_body)
+        self.send_header("Content-Length", str(max(0, length + bad.extra_bytes + bad.content_length_delta)))
+        misbehaving = bool(bad.content_length_delta or bad.cut_body or bad.extra_bytes)
         if misbehaving:
             # A lying response poisons the connection; make the client open a new one.
             self.send_header("Connection", "close")
@@ -148,83 +174,58 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        self._send_body(file, start, max(0, length - bad.cut_body))
+        self._send_body(file, start, max(0, length - bad.cut_body), bad.slow)
+        if bad.extra_bytes:
+            self.wfile.write(b"\0" * bad.extra_bytes)
+            self.server.owner.stats.add_sent(bad.extra_bytes)
+            self.wfile.flush()
 
-    def _send_body(self, file: Path, start: int, length: int) -> None:
+    def _send_body(self, file: Path, start: int, length: int, pause: float = 0.0) -> None:
         with open(file, "rb") as f:
             f.seek(start)
             remaining = length
             while remaining > 0:
-                data = f.read(min(_CHUNK, remaining))
+                data = f.read(min(_SLOW_PIECE if pause else _CHUNK, remaining))
                 if not data:
                     break
                 self.wfile.write(data)
                 self.server.owner.stats.add_sent(len(data))
                 remaining -= len(data)
+                if pause:
+                    self.wfile.flush()
+                    time.sleep(pause)
         self.wfile.flush()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default 5 makes bursts of parallel clients wait for SYN retries
-    owner: RangeHTTPServer
+def etag_of_stat(st: os.stat_result) -> str:
+    """The ETag the server gives a file: changes whenever its size or modification time does."""
+    return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
 
 
-class RangeHTTPServer:
+class RangeHTTPServer(LoopbackServer):
     """HTTP server on 127.0.0.1 (ephemeral port) serving the files under ``root``.
 
     Counters: :attr:`stats` (:class:`RequestStats`), :meth:`counts`,
     :meth:`reset`, and :attr:`requests` (method, path, Range header) in order.
-    Misbehaviour: set fields of :attr:`bad` (see :class:`Misbehaviour`) or use
-    :meth:`fail_next`; :meth:`behave` switches everything off again.
+    Misbehaviour: set fields of :attr:`bad` (see :class:`Misbehaviour`), or use
+    :meth:`misbehave` (for the next N requests or until further notice) or
+    :meth:`fail_next`; :meth:`behave` switches everything off again and lets
+    stalled requests go. :meth:`kill` stops the server mid-answer; :meth:`start`
+    brings it back on the same port.
     """
 
+    handler = _Handler
+    thread_name = "range-http"
+
     def __init__(self, root: str | os.PathLike[str], host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.root = Path(root).resolve()
-        self.host = host
         self.stats = RequestStats()
         self.requests: list[tuple[str, str, str | None]] = []
         self.bad = Misbehaviour()
-        self._lock = threading.Lock()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle
-
-    def start(self) -> RangeHTTPServer:
-        """Bind an ephemeral port and serve from a daemon thread."""
-        if self._httpd is not None:
-            return self
-        httpd = _Server((self.host, 0), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="range-http", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket. Idempotent."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> RangeHTTPServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._released = threading.Event()
 
     # -- addresses
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("server not started")
-        return self._httpd.server_address[1]
 
     @property
     def url(self) -> str:
@@ -235,6 +236,19 @@ class RangeHTTPServer:
         """URL of a file given relative to :attr:`root`."""
         rel = Path(relpath).as_posix().lstrip("/")
         return f"{self.url}/{urllib.parse.quote(rel)}"
+
+    def put(self, relpath: str, data: bytes, mtime: float | None = None) -> str:
+        """Write ``data`` as the file ``relpath`` under root (optionally with this mtime); return its URL."""
+        path = self.root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        return self.url_for(relpath)
+
+    def etag_for(self, relpath: str) -> str:
+        """The ETag the file ``relpath`` is served with now."""
+        return etag_of_stat((self.root / relpath).stat())
 
     def resolve(self, urlpath: str) -> Path | None:
         """Map a URL path to a regular file under root, refusing anything outside it."""
@@ -267,15 +281,27 @@ class RangeHTTPServer:
             self.bad.fail_count = n
             self.bad.fail_status = status
 
+    def misbehave(self, count: int | None = None, **switches: object) -> None:
+        """Replace the misbehaviour with these :class:`Misbehaviour` switches, for ``count`` requests or until told."""
+        with self._lock:
+            self.bad = Misbehaviour(**switches, count=count)  # type: ignore[arg-type]
+            if self.bad.stall:
+                self._released.clear()
+
     def behave(self) -> None:
-        """Switch every misbehaviour off."""
+        """Switch every misbehaviour off and let stalled requests end."""
         with self._lock:
             self.bad = Misbehaviour()
+            self._released.set()
 
     def _take_behaviour(self) -> Misbehaviour:
-        """What to do for this request; consumes one pending injected failure."""
+        """What to do for this request; consumes one pending injected failure or counted misbehaviour."""
         with self._lock:
-            bad = Misbehaviour(**vars(self.bad))
+            bad = replace(self.bad)
             if self.bad.fail_count > 0:
                 self.bad.fail_count -= 1
+            if self.bad.count is not None:
+                self.bad.count -= 1
+                if self.bad.count <= 0:
+                    self.bad = Misbehaviour(fail_count=self.bad.fail_count, fail_status=self.bad.fail_status)
             return bad

@@ -18,16 +18,15 @@ import contextlib
 import http.client
 import random
 import socket
-import struct
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from . import RequestStats
+from .loopback import LoopbackServer, TrackedHandler
 
 __all__ = ["S3Proxy", "Fault", "FAULT_KINDS"]
 
@@ -134,24 +133,13 @@ def _s3_error_xml(code: str, message: str, resource: str) -> bytes:
     ).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(TrackedHandler):
     """Forwards one client connection's requests over one upstream connection."""
 
-    protocol_version = "HTTP/1.1"
-    server: _Server
     _upstream: http.client.HTTPConnection | None = None
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Quiet: counters and fault records carry what tests need."""
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection, add=True)
-
     def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        self.server.owner._track(self.connection, add=False)
+        super().finish()
         if self._upstream is not None:
             self._upstream.close()
 
@@ -172,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_xml(plan.kind, path)
             return
         if plan.kind == "reset":
-            self._reset()
+            self.reset_connection()
             return
         if plan.kind == "stall":
             assert plan.fault is not None
@@ -330,22 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
 
-    def _reset(self) -> None:
-        """Abort the connection with a TCP RST (SO_LINGER 0), sending nothing."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default 5 makes bursts of parallel clients wait for SYN retries
-    allow_reuse_address = True
-    owner: S3Proxy
-
-
-class S3Proxy:
+class S3Proxy(LoopbackServer):
     """Reverse proxy on 127.0.0.1 (ephemeral port) in front of an S3 endpoint.
 
     ``store`` supplies credentials so :meth:`storage_options` / :meth:`env`
@@ -358,6 +333,9 @@ class S3Proxy:
     :meth:`release` frees stalled requests; :meth:`pause` makes the port
     refuse connections (and drops open ones) until :meth:`resume`.
     """
+
+    handler = _Handler
+    thread_name = "s3-proxy"
 
     def __init__(
         self,
@@ -378,37 +356,14 @@ class S3Proxy:
         self.requests: list[tuple[str, str, str | None]] = []
         self._injector = _Injector(seed=seed)
         self._released = threading.Event()
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
+        super().__init__("127.0.0.1")
 
-    # -- lifecycle
-
-    def start(self) -> S3Proxy:
-        """Listen (on the same port as before if restarted) and serve from a daemon thread."""
-        if self._httpd is not None:
-            return self
-        httpd = _Server(("127.0.0.1", self._port or 0), _Handler)
-        httpd.owner = self
-        self._port = httpd.server_address[1]
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="s3-proxy", daemon=True)
-        self._thread.start()
-        return self
+    # -- lifecycle (start, kill, port: LoopbackServer)
 
     def stop(self) -> None:
         """Close the listener and every open client connection; release stalls. Idempotent."""
         self._released.set()
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        self._drop_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self.kill()
 
     def pause(self) -> None:
         """Refuse new connections (nothing listens on the port) and drop open ones."""
@@ -419,19 +374,7 @@ class S3Proxy:
         """Listen again on the same port after :meth:`pause`."""
         self.start()
 
-    def __enter__(self) -> S3Proxy:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # -- addresses and client options
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("proxy not started")
-        return self._port
 
     @property
     def endpoint_url(self) -> str:
@@ -541,16 +484,3 @@ class S3Proxy:
         with self._injector.lock:
             self._injector.rng = random.Random(seed)
 
-    # -- connection tracking (for pause/stop)
-
-    def _track(self, sock: socket.socket, add: bool) -> None:
-        with self._lock:
-            (self._conns.add if add else self._conns.discard)(sock)
-
-    def _drop_connections(self) -> None:
-        with self._lock:
-            conns = list(self._conns)
-            self._conns.clear()
-        for sock in conns:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
