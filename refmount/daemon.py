@@ -38,7 +38,6 @@ from .errors import ConfigError, RefmountError
 from .filesystem import RefFilesystem, TreeOwner
 from .logs import setup_logging
 from .metrics import Metrics
-from .namespace import Namespace
 from .policy import UrlPolicy, protocol_of
 from .reader import Reader
 
@@ -82,11 +81,10 @@ def reference_storage_options(config: MountConfig) -> dict:
 
 def build_tree(config: MountConfig) -> MountedTree:
     """Load and validate the reference set and assemble every layer; nothing is mounted yet."""
-    from .refs.source import load_references
+    from .refs.open import open_reference_set
 
     started = time.monotonic()
-    reference_file, refs = load_references(config.source, reference_storage_options(config))
-    namespace = Namespace(refs)
+    reference_file, namespace = open_reference_set(config.source, reference_storage_options(config))
     metrics = Metrics()
     options = backend_options(config)
     refused = sorted({url for url in namespace.urls if not options.policy.permits(url)})
@@ -104,8 +102,8 @@ def build_tree(config: MountConfig) -> MountedTree:
     uid, gid = config.owner
     filesystem = RefFilesystem(namespace, reader, TreeOwner(uid, gid, config.umask), reference_file.mtime)
     log.info(
-        "loaded %s: %d keys, %d directories, %d objects in %.2f s",
-        redact_url(config.source), len(namespace), namespace.directory_count,
+        "loaded %s (%s): %d keys, %d directories, %d objects in %.2f s",
+        redact_url(config.source), reference_file.format, len(namespace), namespace.directory_count,
         len(list(namespace.urls)), time.monotonic() - started,
     )
     return MountedTree(filesystem, backend, reader, metrics)
