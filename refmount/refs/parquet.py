@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 #: Decoded record files kept in memory, in bytes (about 20 bytes per row).
-DEFAULT_RECORD_CACHE = 64 << 20
+DEFAULT_RECORD_CACHE = 48 << 20
 
 ZMETADATA = ".zmetadata"
 
@@ -165,14 +165,17 @@ class _Record:
                     raise InvalidReferences(f"{where}: column 'path' has type {path.type}, not string")
                 path = path.cast(pa.string()).dictionary_encode() if not pa.types.is_null(path.type) else None
             if path is not None:
-                self.url_codes = pc.fill_null(path.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+                self.url_codes = np.asarray(
+                    pc.fill_null(path.indices, -1, memory_pool=_system_pool()).to_numpy(zero_copy_only=False), np.int32
+                )
                 self.urls = [intern(u) for u in path.dictionary.to_pylist()]
             else:
                 self.url_codes, self.urls = np.full(self.rows, -1, np.int32), []
         else:
             self.url_codes, self.urls = np.full(self.rows, -1, np.int32), []
         self.offsets = self._integers(table, "offset", where)
-        self.sizes = self._integers(table, "size", where)
+        sizes = self._integers(table, "size", where)
+        self.sizes = sizes.astype(np.uint32) if sizes.size == 0 or (sizes.min() >= 0 and sizes.max() < 2**32) else sizes
         self.raw = None
         self.raw_valid = None
         if "raw" in columns:
@@ -191,7 +194,7 @@ class _Record:
             return np.zeros(self.rows, np.int64)
         column = table.column(name)
         try:
-            return pc.fill_null(column, 0).to_numpy().astype(np.int64)
+            return np.asarray(pc.fill_null(column, 0, memory_pool=_system_pool()).to_numpy(), dtype=np.int64)
         except Exception as exc:  # noqa: BLE001 - any unusable column is a bad reference set
             raise InvalidReferences(f"{where}: column {name!r} is not integer ({exc})") from None
 
@@ -214,6 +217,24 @@ class _Record:
         if offset == 0 and size == 0:
             return Whole(self.urls[code])
         return Range(self.urls[code], offset, size)
+
+
+def _use_system_allocator() -> None:
+    """Arrow allocates through malloc from now on, not its own jemalloc/mimalloc pool.
+
+    Decoded tables live only until they are converted to numpy; with Arrow's
+    pool their memory stayed reserved and the daemon's resident size grew
+    with every record file loaded, while malloc hands it back.
+    """
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
+def _system_pool():  # noqa: ANN202 - pyarrow type
+    import pyarrow as pa
+
+    return pa.system_memory_pool()
 
 
 class _MissingRecord:
@@ -291,6 +312,7 @@ class ParquetNamespace:
         self._urls: dict[str, str] = {}
         self._extents: dict[str, int] = {}
         self.records_loaded = 0
+        _use_system_allocator()
 
     # -- record files ----------------------------------------------------------
 
