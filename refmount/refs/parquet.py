@@ -166,7 +166,7 @@ class _Record:
                 path = path.cast(pa.string()).dictionary_encode() if not pa.types.is_null(path.type) else None
             if path is not None:
                 self.url_codes = np.asarray(
-                    pc.fill_null(path.indices, -1, memory_pool=_system_pool()).to_numpy(zero_copy_only=False), np.int32
+                    pc.fill_null(path.indices, -1).to_numpy(zero_copy_only=False), np.int32
                 )
                 self.urls = [intern(u) for u in path.dictionary.to_pylist()]
             else:
@@ -194,7 +194,7 @@ class _Record:
             return np.zeros(self.rows, np.int64)
         column = table.column(name)
         try:
-            return np.asarray(pc.fill_null(column, 0, memory_pool=_system_pool()).to_numpy(), dtype=np.int64)
+            return np.asarray(pc.fill_null(column, 0).to_numpy(), dtype=np.int64)
         except Exception as exc:  # noqa: BLE001 - any unusable column is a bad reference set
             raise InvalidReferences(f"{where}: column {name!r} is not integer ({exc})") from None
 
@@ -229,12 +229,6 @@ def _use_system_allocator() -> None:
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
-
-
-def _system_pool():  # noqa: ANN202 - pyarrow type
-    import pyarrow as pa
-
-    return pa.system_memory_pool()
 
 
 class _MissingRecord:
