@@ -165,8 +165,8 @@ class _Record:
                     raise InvalidReferences(f"{where}: column 'path' has type {path.type}, not string")
                 path = path.cast(pa.string()).dictionary_encode() if not pa.types.is_null(path.type) else None
             if path is not None:
-                self.url_codes = np.asarray(
-                    pc.fill_null(path.indices, -1).to_numpy(zero_copy_only=False), np.int32
+                self.url_codes = np.array(
+                    pc.fill_null(path.indices, -1).to_numpy(zero_copy_only=False), np.int32, copy=True
                 )
                 self.urls = [intern(u) for u in path.dictionary.to_pylist()]
             else:
@@ -194,7 +194,7 @@ class _Record:
             return np.zeros(self.rows, np.int64)
         column = table.column(name)
         try:
-            return np.asarray(pc.fill_null(column, 0).to_numpy(), dtype=np.int64)
+            return np.array(pc.fill_null(column, 0).to_numpy(), dtype=np.int64, copy=True)
         except Exception as exc:  # noqa: BLE001 - any unusable column is a bad reference set
             raise InvalidReferences(f"{where}: column {name!r} is not integer ({exc})") from None
 
@@ -229,6 +229,26 @@ def _use_system_allocator() -> None:
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
+    _fixed_mmap_threshold()
+
+
+def _fixed_mmap_threshold(threshold: int = 256 << 10) -> None:
+    """Serve large blocks (record columns) by mmap, so each evicted record returns to the OS at once.
+
+    glibc raises its mmap threshold as large blocks are freed, after which
+    record-sized arrays come from the heap and a cache churning through
+    record files fragments it: resident memory grew to several times the
+    cache budget. A fixed threshold (also turning off that adjustment) keeps
+    it flat. No-op where glibc's mallopt is unavailable.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX: FUSE worker threads share arenas instead of fragmenting one each
+    except (OSError, AttributeError):
+        pass
 
 
 class _MissingRecord:
@@ -349,7 +369,7 @@ class ParquetNamespace:
         except Exception as exc:  # noqa: BLE001 - any store failure is EIO for the chunk asked
             raise BackendError(f"could not read record file {where}: {type(exc).__name__}: {exc}") from None
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            table = pq.read_table(pa.BufferReader(data), use_threads=False)  # one thread: no extra malloc arenas
         except Exception as exc:  # noqa: BLE001 - corrupt or foreign files
             raise InvalidReferences(f"record file {where} is not readable Parquet: {exc}") from None
         record = _Record(table, self._intern, where)
