@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import fuse
 
@@ -72,8 +72,18 @@ class FuseAdapter(fuse.Operations):
             return self.fs.getattr_of_handle(fh, path)
         return self.fs.getattr(path)
 
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return self.fs.readdir(path)
+    def readdir(self, path: str, fh: int) -> Iterator[str]:
+        return self._streamed("readdir", path, iter(self.fs.readdir(path)))
+
+    def _streamed(self, op: str, path: str, items: Iterator[str]) -> Iterator[str]:
+        """Consumed by fusepy after this adapter returned: map failures mid-stream here too."""
+        try:
+            yield from items
+        except BaseException as exc:  # noqa: BLE001 - same rule as __call__
+            code = errno_for(exc)
+            self.metrics.add("errors")
+            log.warning("%s %s failed while listing: %s (%s)", op, path, exc, errno.errorcode.get(code, code))
+            raise fuse.FuseOSError(code) from None
 
     def access(self, path: str, amode: int) -> int:
         self.fs.access(path, amode)
