@@ -9,13 +9,14 @@ failures worth an operator's attention. Nothing here decides behaviour.
 from __future__ import annotations
 
 import errno
+import stat
 import logging
 import time
 from typing import Any, Callable, Iterator
 
 import fuse
 
-from .errors import ReadOnly, errno_for
+from .errors import NotADirectory, ReadOnly, errno_for
 from .filesystem import RefFilesystem
 from .metrics import Metrics
 
@@ -116,7 +117,9 @@ class FuseAdapter(fuse.Operations):
         raise fuse.FuseOSError(errno.EINVAL)  # POSIX: not a symbolic link
 
     def opendir(self, path: str) -> int:
-        self.fs.namespace.listdir(path)
+        # Check the kind only: listing here would build a million-entry directory twice.
+        if not stat.S_ISDIR(self.fs.getattr(path)["st_mode"]):
+            raise NotADirectory(path)
         return 0
 
     def releasedir(self, path: str, fh: int) -> int:

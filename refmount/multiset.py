@@ -36,7 +36,7 @@ import posixpath
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .backend import FsspecBackend, redact_url
 from .cache import BlockCache
@@ -225,8 +225,8 @@ class _NamespaceView:
     def lookup(self, path: str) -> Any:
         return self._router.getattr(path)
 
-    def listdir(self, path: str) -> tuple[str, ...]:
-        return tuple(self._router.readdir(path)[2:])
+    def listdir(self, path: str) -> Iterator[str]:
+        return itertools.islice(self._router.readdir(path), 2, None)
 
 
 class SetRouter:
@@ -405,7 +405,7 @@ class SetRouter:
             attrs = {**attrs, "st_ino": inode_of(path.strip("/"))}
         return attrs
 
-    def readdir(self, path: str) -> list[str]:
+    def readdir(self, path: str) -> Iterable[str]:
         slot, inner = self._route(path)
         if slot is None:
             return [".", "..", *sorted(self._slots)]
