@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     if add_scan_arguments is not None:
         add_scan_arguments(scan)
 
+    convert = commands.add_parser(
+        "convert", help="convert reference sets between kerchunk JSON and fsspec's Parquet layout",
+        description="Read a reference set (JSON file or Parquet directory, path or URL) and write it in the "
+        "other format. Parquet output is read by fsspec's ReferenceFileSystem and by refmount mount.",
+    )
+    from .convert import add_arguments as add_convert_arguments
+
+    add_convert_arguments(convert)
+
     demo = commands.add_parser(
         "demo", help="run the whole path on a local object store: scan, mount, list and read",
         description="Start a throwaway local S3 server (SeaweedFS), write a small NetCDF4 file to it, "
@@ -191,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .scan.command import run as run_scan
 
             return run_scan(args)
+        if args.command == "convert":
+            from .convert import run as run_convert
+
+            return run_convert(args)
         if args.command == "demo":
             from .demo import run_demo
 

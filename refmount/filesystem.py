@@ -13,7 +13,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from .backend import redact_url
 from .errors import IsADirectory, NoAttribute, ReadOnly
@@ -81,9 +81,9 @@ class RefFilesystem:
             "st_blksize": self.reader.cache.block_size,
         }
 
-    def readdir(self, path: str) -> list[str]:
-        """Names in a directory; never asks the object store."""
-        return [".", "..", *self.namespace.listdir(path)]
+    def readdir(self, path: str) -> Iterable[str]:
+        """Names in a directory, streamed; asks the store only for Parquet record files."""
+        return itertools.chain((".", ".."), self.namespace.listdir(path))
 
     def statfs(self) -> dict[str, int]:
         return {

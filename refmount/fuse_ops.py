@@ -9,13 +9,14 @@ failures worth an operator's attention. Nothing here decides behaviour.
 from __future__ import annotations
 
 import errno
+import stat
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import fuse
 
-from .errors import ReadOnly, errno_for
+from .errors import NotADirectory, ReadOnly, errno_for
 from .filesystem import RefFilesystem
 from .metrics import Metrics
 
@@ -72,8 +73,18 @@ class FuseAdapter(fuse.Operations):
             return self.fs.getattr_of_handle(fh, path)
         return self.fs.getattr(path)
 
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return self.fs.readdir(path)
+    def readdir(self, path: str, fh: int) -> Iterator[str]:
+        return self._streamed("readdir", path, iter(self.fs.readdir(path)))
+
+    def _streamed(self, op: str, path: str, items: Iterator[str]) -> Iterator[str]:
+        """Consumed by fusepy after this adapter returned: map failures mid-stream here too."""
+        try:
+            yield from items
+        except BaseException as exc:  # noqa: BLE001 - same rule as __call__
+            code = errno_for(exc)
+            self.metrics.add("errors")
+            log.warning("%s %s failed while listing: %s (%s)", op, path, exc, errno.errorcode.get(code, code))
+            raise fuse.FuseOSError(code) from None
 
     def access(self, path: str, amode: int) -> int:
         self.fs.access(path, amode)
@@ -106,7 +117,9 @@ class FuseAdapter(fuse.Operations):
         raise fuse.FuseOSError(errno.EINVAL)  # POSIX: not a symbolic link
 
     def opendir(self, path: str) -> int:
-        self.fs.namespace.listdir(path)
+        # Check the kind only: listing here would build a million-entry directory twice.
+        if not stat.S_ISDIR(self.fs.getattr(path)["st_mode"]):
+            raise NotADirectory(path)
         return 0
 
     def releasedir(self, path: str, fh: int) -> int:

@@ -18,7 +18,6 @@ from .backend import redact_url
 from .config import MountConfig
 from .daemon import backend_options, reference_storage_options
 from .decoded import is_object_dtype, unavailable_codecs
-from .namespace import Namespace
 from .policy import protocol_of
 from .refs.model import Inline, Range, Whole
 
@@ -74,13 +73,22 @@ def missing_codecs(ids: list[str]) -> list[str]:
     return missing
 
 
-def summarise(source: str, refs: dict, namespace: Namespace, policy) -> Summary:  # type: ignore[no-untyped-def]
-    summary = Summary(source=redact_url(source), keys=len(namespace), directories=namespace.directory_count)
+def summarise(source: str, refs, namespace, policy) -> Summary:  # type: ignore[no-untyped-def]
+    """One streaming pass over ``refs`` (a mapping, or an iterable of (key, reference) pairs)."""
+    summary = Summary(source=redact_url(source), keys=0, directories=namespace.directory_count)
     urls: set[str] = set()
-    for ref in refs.values():
+    chunk_counts: Counter[str] = Counter()
+    zarrays: list[tuple[str, bytes]] = []
+    for key, ref in refs.items() if hasattr(refs, "items") else refs:
+        summary.keys += 1
+        parent, _, name = key.rpartition("/")
+        if not name.startswith("."):
+            chunk_counts[parent] += 1
         if isinstance(ref, Inline):
             summary.inline += 1
             summary.inline_bytes += len(ref.data)
+            if name == ".zarray":
+                zarrays.append((key, ref.data))
         elif isinstance(ref, Range):
             summary.ranges += 1
             summary.range_bytes += ref.length
@@ -91,13 +99,10 @@ def summarise(source: str, refs: dict, namespace: Namespace, policy) -> Summary:
     summary.objects = len(urls)
     summary.protocols = dict(Counter(protocol_of(url) for url in urls))
     summary.refused_urls = sum(1 for url in urls if not policy.permits(url))
-    chunk_counts: Counter[str] = Counter(key.rpartition("/")[0] for key in refs if not key.rpartition("/")[2].startswith("."))
-    for key, ref in sorted(refs.items()):
-        if not key.endswith(".zarray") or not isinstance(ref, Inline):
-            continue
+    for key, data in sorted(zarrays):
         name = key[: -len(".zarray")].rstrip("/") or "/"
         try:
-            meta = json.loads(ref.data)
+            meta = json.loads(data)
         except ValueError:
             meta = {}
         ids = codec_ids(meta)
@@ -148,11 +153,10 @@ def render(summary: Summary) -> str:
 
 def run_inspect(config: MountConfig, *, as_json: bool = False) -> int:
     """Print the summary; exit 1 when something would not read, 0 when all is well."""
-    from .refs.source import load_references
+    from .refs.open import open_reference_set
 
-    _, refs = load_references(config.source, reference_storage_options(config))
-    namespace = Namespace(refs)
-    summary = summarise(config.source, refs, namespace, backend_options(config).policy)
+    _, namespace = open_reference_set(config.source, reference_storage_options(config))
+    summary = summarise(config.source, namespace.iter_references(), namespace, backend_options(config).policy)
     if as_json:
         from dataclasses import asdict
 

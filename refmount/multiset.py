@@ -24,10 +24,8 @@ set that fails to load keeps serving its previous version (an operator's
 bad upload must not take data away from running jobs) and the failure is
 logged and counted.
 
-Reference loaders are a table keyed by kind (``json``, ``parquet``): each
-takes a URL and fsspec options and returns ``(mtime, key -> Reference)``.
-The Parquet loader defers to :mod:`refmount.refs.parquet` when that module
-is present, so it can be swapped in without touching this module.
+Every set, JSON or Parquet, is opened by :func:`refmount.refs.open.open_reference_set`,
+the same entry point ``refmount inspect`` uses; it detects the format itself.
 """
 
 from __future__ import annotations
@@ -38,61 +36,27 @@ import posixpath
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .backend import FsspecBackend, redact_url
 from .cache import BlockCache
-from .errors import ConfigError, InvalidReferences, RefmountError, IsADirectory, NoAttribute, NotFound, ReadOnly
+from .errors import InvalidReferences, RefmountError, IsADirectory, NoAttribute, NotFound, ReadOnly
 from .filesystem import RefFilesystem, TreeOwner
 from .metrics import Metrics
-from .namespace import Namespace, inode_of
+from .namespace import inode_of
 from .policy import protocol_of
 from .reader import Reader
-from .refs.model import Reference
+from .refs.open import open_reference_set
 
 log = logging.getLogger("refmount.sets")
 
 #: ``(url, storage_options) -> (mtime, references)``
-Loader = Callable[[str, dict], "LoadedSet"]
 
 JSON_SUFFIXES = (".json", ".json.gz", ".json.bz2", ".json.xz", ".json.zst", ".jsonl")
 PARQUET_MARKER = ".zmetadata"
 PARQUET_SUFFIXES = (".parquet", ".parq")
 #: Seconds before a set that failed to load is tried again on access.
 RETRY_FAILED_AFTER = 30.0
-
-
-# -- loaders ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadedSet:
-    """What a loader returns: the set's timestamp, its references, and the source facts it recorded."""
-
-    mtime: float
-    refs: Mapping[str, Reference]
-    sources: Mapping[str, Mapping[str, Any]]
-
-
-def load_json_set(url: str, storage_options: dict) -> LoadedSet:
-    from .refs.source import load_references
-
-    reference_file, refs = load_references(url, storage_options)
-    return LoadedSet(reference_file.mtime, refs, reference_file.sources)
-
-
-def load_parquet_set(url: str, storage_options: dict) -> LoadedSet:
-    try:
-        from .refs import parquet  # type: ignore[attr-defined]
-    except ImportError:
-        raise ConfigError(f"{redact_url(url)} is a Parquet reference set; this build cannot read them") from None
-    result = parquet.load_references(url, storage_options)
-    reference_file, refs = result
-    mtime = float(getattr(reference_file, "mtime", 0.0) or 0.0)
-    return LoadedSet(mtime, refs, getattr(reference_file, "sources", {}) or {})
-
-
-LOADERS: dict[str, Loader] = {"json": load_json_set, "parquet": load_parquet_set}
 
 
 # -- discovery ---------------------------------------------------------------------
@@ -261,8 +225,8 @@ class _NamespaceView:
     def lookup(self, path: str) -> Any:
         return self._router.getattr(path)
 
-    def listdir(self, path: str) -> tuple[str, ...]:
-        return tuple(self._router.readdir(path)[2:])
+    def listdir(self, path: str) -> Iterator[str]:
+        return itertools.islice(self._router.readdir(path), 2, None)
 
 
 class SetRouter:
@@ -441,7 +405,7 @@ class SetRouter:
             attrs = {**attrs, "st_ino": inode_of(path.strip("/"))}
         return attrs
 
-    def readdir(self, path: str) -> list[str]:
+    def readdir(self, path: str) -> Iterable[str]:
         slot, inner = self._route(path)
         if slot is None:
             return [".", "..", *sorted(self._slots)]
@@ -559,9 +523,9 @@ def open_tree(config: Any) -> ServedTree:
 
     def build(source: SetSource) -> RefFilesystem:
         loaded_at = time.monotonic()
-        loaded = LOADERS[source.kind](source.url, storage)
-        backend.remember_sources(loaded.sources)
-        mtime, namespace = loaded.mtime, Namespace(loaded.refs)
+        info, namespace = open_reference_set(source.url, storage)
+        backend.remember_sources(info.sources)
+        mtime = info.mtime
         refused = sorted({url for url in namespace.urls if not options.policy.permits(url)})
         if refused:
             log.warning("%s: %d referenced URL(s) are not allowed and will read as EACCES, e.g. %s: %s",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Protocol
 
 from .errors import InvalidReferences, NotADirectory, NotFound
 from .refs.model import Inline, Range, Reference, Whole
@@ -50,6 +50,28 @@ class Dir:
 
 
 Node = File | Dir
+
+
+class ReferenceTree(Protocol):
+    """What the filesystem and reader need of a tree; implemented by :class:`Namespace` (a dict),
+    :class:`refmount.refs.compact.CompactNamespace` (large JSON sets, column arrays) and
+    :class:`refmount.refs.parquet.ParquetNamespace` (Parquet layout, record files on demand).
+
+    ``listdir`` may return a lazy iterable: it raises NotFound/NotADirectory when called,
+    and yields names as they are produced. ``Dir.children`` is informative only.
+    """
+
+    def lookup(self, path: str) -> Node: ...
+    def listdir(self, path: str) -> Iterable[str]: ...
+    def subdirectory_count(self, path: str) -> int: ...
+    def child_path(self, directory: str, name: str) -> str: ...
+    def extent(self, url: str) -> int: ...
+    def iter_references(self) -> Iterator[tuple[str, Reference]]: ...
+    @property
+    def urls(self) -> Iterable[str]: ...
+    @property
+    def directory_count(self) -> int: ...
+    def __len__(self) -> int: ...
 
 
 class Namespace:
@@ -123,6 +145,10 @@ class Namespace:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)
+
+    def iter_references(self) -> Iterator[tuple[str, Reference]]:
+        """Every (key, reference) of the set."""
+        return iter(self._files.items())
 
     @property
     def directory_count(self) -> int:

@@ -65,3 +65,10 @@ def test_helper_arguments_become_a_background_mount():
     assert command == ["mount", "s3://a/r.json", "/mnt/r", "-o", "ro,dev,suid,cache_size=4G"] and not fake
     assert translate(["src", "/mnt", "-f"])[1] is True
     assert translate(["only-one"])[0] is None
+
+
+def test_mount_config_defaults_are_the_option_table_defaults():
+    """MountConfig repeats each default for type checkers; the table stays the one source of truth."""
+    defaults = {f.name: f.default for f in fields(MountConfig)}
+    for option in OPTIONS:
+        assert defaults[option.name] == option.default, option.name

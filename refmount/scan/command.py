@@ -24,7 +24,7 @@ from refmount.scan.hdf5 import (
     StrictScanError,
     scan_hdf5,
 )
-from refmount.scan.output import BadURLMap, apply_url_map, parse_url_map, write_json
+from refmount.scan.output import BadURLMap, apply_url_map, parse_url_map, write_json, write_parquet_set
 from refmount.scan.sources import SourceError, canonical_url, expand_sources
 
 EXIT_OK = 0
@@ -70,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fsspec storage option for remote sources; VALUE is parsed as JSON when it parses, "
         "else taken as a string; repeatable",
     )
+    parser.add_argument(
+        "--format", choices=("json", "parquet"), default="json",
+        help="json: one kerchunk JSON v1 file per source (default); parquet: fsspec's Parquet reference "
+        "layout, one directory per source (<name>.parq in an output directory)",
+    )
+    parser.add_argument("--record-size", type=int, default=10_000, metavar="N",
+                        help="references per Parquet record file (with --format parquet)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr (errors still shown)")
 
 
@@ -91,7 +98,7 @@ def parse_storage_options(items: list[str], endpoint_url: str | None, anon: bool
     return options
 
 
-def output_targets(sources: list[str], output: str) -> list[str]:
+def output_targets(sources: list[str], output: str, suffix: str = ".json") -> list[str]:
     """Where each source's reference set goes.
 
     A directory output gets ``<basename>.json`` per source; two sources with
@@ -103,7 +110,7 @@ def output_targets(sources: list[str], output: str) -> list[str]:
         return ["-"]
     if len(sources) == 1 and not _is_directory(output):
         return [output]
-    targets = [posixpath.join(output.rstrip("/") or "/", posixpath.basename(s.rstrip("/")) + ".json") for s in sources]
+    targets = [posixpath.join(output.rstrip("/") or "/", posixpath.basename(s.rstrip("/")) + suffix) for s in sources]
     dupes = {t for t in targets if targets.count(t) > 1}
     if dupes:
         raise ConfigError(f"-o {output}: several sources would write {sorted(dupes)[0]}; scan them into separate directories")
@@ -139,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
         if args.inline_threshold < 0:
             raise ConfigError("--inline-threshold must be >= 0")
         sources = expand_sources(args.sources, options)
-        targets = output_targets(sources, args.output)
+        parquet = getattr(args, "format", "json") == "parquet"
+        if parquet and args.output == "-":
+            raise ConfigError("--format parquet writes a directory: give -o DIRECTORY")
+        targets = output_targets(sources, args.output, ".parq" if parquet else ".json")
+        if parquet and len(targets) == 1 and targets[0] == args.output and args.output.endswith("/"):
+            targets = [args.output.rstrip("/") + "/" + posixpath.basename(sources[0].rstrip("/")) + ".parq"]
         _prepare_directory(args.output, targets)
     except (RefmountError, BadURLMap, OSError, ValueError) as exc:
         print(f"refmount scan: {exc}", file=err)
@@ -168,11 +180,14 @@ def _scan_one(
             source, storage_options=options, inline_threshold=args.inline_threshold,
             url=url, strict=args.strict, decoded_inline_limit=args.decoded_inline_limit,
         )
-        write_json(result.refs, target)
+        if getattr(args, "format", "json") == "parquet":
+            write_parquet_set(result.refs, target, args.record_size)
+        else:
+            write_json(result.refs, target)
     except StrictScanError as exc:
         print(f"refmount scan: --strict: {exc}", file=err)
         return EXIT_STRICT, exc.result.report
-    except (SourceError, OSError) as exc:
+    except (SourceError, OSError, RefmountError) as exc:
         print(f"refmount scan: {exc}", file=err)
         return EXIT_BAD_INPUT, None
     report = result.report

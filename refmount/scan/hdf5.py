@@ -311,7 +311,13 @@ class _Scanner:
         self.report.datasets += 1
 
     def fill_value(self, ds: h5py.Dataset) -> tuple[Any, bool]:
-        """The fill value readers must see: netCDF's ``_FillValue`` if set, else HDF5's."""
+        """The fill value readers must see: netCDF's ``_FillValue`` if set, else HDF5's if user-defined.
+
+        An HDF5 default fill value (zero, never chosen by the writer) becomes
+        ``null``: Zarr readers still see zeros in unwritten chunks, but xarray
+        does not mistake every genuine zero (a first coordinate, a count) for
+        a missing value, as it would with ``fill_value: 0``.
+        """
         if "_FillValue" in ds.attrs:
             try:
                 value = np.asarray(ds.attrs["_FillValue"])
@@ -320,6 +326,8 @@ class _Scanner:
             except (TypeError, ValueError, OSError):
                 pass
         try:
+            if ds.id.get_create_plist().fill_value_defined() != h5py.h5d.FILL_VALUE_USER_DEFINED:
+                return None, False
             return ds.fillvalue, False
         except (TypeError, ValueError, OSError):
             return None, False

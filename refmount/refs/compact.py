@@ -1,0 +1,277 @@
+"""A compact, immutable tree for large in-memory (JSON) reference sets.
+
+A dict of one Python object per key costs 250-400 bytes per reference
+(key string, dict slot, a ``Range`` object, its URL and integers). A set of
+a hundred million chunks does not fit that way, so this module keeps the
+same information column-wise:
+
+* file names in one ``bytes`` blob (NUL-separated; keys cannot contain NUL)
+  with an offset array, grouped by directory so that a directory's files
+  are one contiguous run ``[start, stop)``;
+* per entry: a kind byte, a URL id (URLs are interned once in a list), the
+  byte offset and the length, each in a numpy array of the narrowest type
+  that fits;
+* a sorted array of key hashes with the entry each belongs to, so a lookup
+  is one hash, one binary search and one name comparison;
+* Python objects only per directory and per distinct URL, and inline data
+  (metadata documents, small chunks) as ``bytes``.
+
+That is about 40-50 bytes per reference. ``File`` and ``Reference`` objects
+are built on demand by :meth:`CompactNamespace.lookup` and not kept.
+
+The public methods mirror :class:`refmount.namespace.Namespace`; listing a
+directory streams its names in batches instead of building them all.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+
+from refmount.errors import InvalidReferences, NotADirectory, NotFound
+from refmount.namespace import Dir, File, Namespace, Node
+from refmount.refs.model import Inline, Range, Reference, Whole
+
+__all__ = ["CompactNamespace"]
+
+_RANGE, _WHOLE, _INLINE = 0, 1, 2
+_SEPARATOR = "\x00"
+_LIST_BATCH = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _DirInfo:
+    start: int  # first entry of this directory's files
+    stop: int
+    subdirs: tuple[str, ...]
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """The same non-negative integers in uint32 when they fit, saving half the memory."""
+    if values.size == 0 or int(values.max()) < 2**32:
+        return values.astype(np.uint32)
+    return values.astype(np.int64)
+
+
+class CompactNamespace:
+    """Lookup, streaming listing and per-URL extents over column arrays (see the module doc)."""
+
+    def __init__(self, refs: Mapping[str, Reference]) -> None:
+        dir_ids: dict[str, int] = {}
+        dir_of = array("I")
+        names: list[str] = []
+        kinds = bytearray()
+        url_ids = array("I")
+        offsets = array("q")
+        lengths = array("q")
+        url_index: dict[str, int] = {}
+        inline: list[bytes] = []
+        for key, ref in refs.items():
+            parent, _, name = key.rpartition("/")
+            directory = dir_ids.get(parent)
+            if directory is None:
+                directory = dir_ids[parent] = len(dir_ids)
+            dir_of.append(directory)
+            names.append(name)
+            kind = type(ref)
+            if kind is Range:
+                url = ref.url  # type: ignore[union-attr]
+                uid = url_index.get(url)
+                if uid is None:
+                    uid = url_index[url] = len(url_index)
+                kinds.append(_RANGE)
+                url_ids.append(uid)
+                offsets.append(ref.offset)  # type: ignore[union-attr]
+                lengths.append(ref.length)  # type: ignore[union-attr]
+            elif kind is Whole:
+                url = ref.url  # type: ignore[union-attr]
+                uid = url_index.get(url)
+                if uid is None:
+                    uid = url_index[url] = len(url_index)
+                kinds.append(_WHOLE)
+                url_ids.append(uid)
+                offsets.append(0)
+                lengths.append(0)
+            else:
+                data = ref.data  # type: ignore[union-attr]
+                kinds.append(_INLINE)
+                url_ids.append(0)
+                offsets.append(len(inline))
+                lengths.append(len(data))
+                inline.append(data)
+        count = len(names)
+        hashes = np.fromiter(map(hash, refs.keys()), dtype=np.int64, count=count)
+
+        # Group entries by directory (stable: a directory lists in the set's order).
+        directories = np.frombuffer(dir_of, dtype=np.uint32) if count else np.zeros(0, np.uint32)
+        order = np.argsort(directories, kind="stable")
+        counts = np.bincount(directories, minlength=len(dir_ids)) if count else np.zeros(len(dir_ids), np.int64)
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        names = [names[i] for i in order.tolist()]
+        blob_text = _SEPARATOR.join(names) + _SEPARATOR if names else ""
+        self._blob = blob_text.encode("utf-8")
+        if len(self._blob) == len(blob_text):  # all ASCII: character lengths are byte lengths
+            sizes = np.fromiter(map(len, names), dtype=np.int64, count=count)
+        else:
+            sizes = np.fromiter((len(n.encode("utf-8")) for n in names), dtype=np.int64, count=count)
+        del names, blob_text
+        name_offsets = np.zeros(count + 1, dtype=np.int64)
+        np.cumsum(sizes + 1, out=name_offsets[1:])
+        self._name_offsets = _narrow(name_offsets)
+        self._kinds = np.frombuffer(bytes(kinds), dtype=np.uint8)[order] if count else np.zeros(0, np.uint8)
+        self._url_ids = np.frombuffer(url_ids, dtype=np.uint32)[order] if count else np.zeros(0, np.uint32)
+        self._offsets = np.frombuffer(offsets, dtype=np.int64)[order] if count else np.zeros(0, np.int64)
+        self._lengths = _narrow(np.frombuffer(lengths, dtype=np.int64)[order]) if count else np.zeros(0, np.uint32)
+        hashes = hashes[order]
+        hash_order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[hash_order]
+        self._hash_entries = _narrow(hash_order)
+        self._urls: list[str] = list(url_index)
+        self._inline = inline
+        self._count = count
+
+        ranged = self._kinds == _RANGE
+        extents = np.zeros(len(self._urls), dtype=np.int64)
+        if ranged.any():
+            np.maximum.at(extents, self._url_ids[ranged], self._offsets[ranged] + self._lengths[ranged])
+        self._extents = {url: int(extents[i]) for i, url in enumerate(self._urls) if ranged.any()}
+
+        self._dirs = self._build_dirs(dir_ids, starts)
+
+    def _build_dirs(self, dir_ids: dict[str, int], starts: np.ndarray) -> dict[str, _DirInfo]:
+        """Directory ranges plus every implied ancestor; refuse keys that are also directories."""
+        ranges = {name: (int(starts[i]), int(starts[i + 1])) for name, i in dir_ids.items()}
+        subdirs: dict[str, set[str]] = {"": set()}
+        for directory in list(ranges):
+            child = directory
+            while child:
+                parent, _, name = child.rpartition("/")
+                known = parent in subdirs
+                subdirs.setdefault(parent, set()).add(name)
+                subdirs.setdefault(child, set())
+                if known:
+                    break
+                child = parent
+        for directory in subdirs:
+            if directory and self._find(directory, ranges) is not None:
+                example = next(iter(subdirs[directory]), None)
+                if example is None:
+                    start, _ = ranges[directory]
+                    example = self._name(start)
+                raise InvalidReferences(f"is a file and also the directory of {directory}/{example!s}", key=directory)
+        return {
+            directory: _DirInfo(*ranges.get(directory, (0, 0)), tuple(sorted(names)))
+            for directory, names in subdirs.items()
+        }
+
+    # -- entries -------------------------------------------------------------
+
+    def _name(self, entry: int) -> str:
+        start = int(self._name_offsets[entry])
+        stop = int(self._name_offsets[entry + 1]) - 1
+        return self._blob[start:stop].decode("utf-8")
+
+    def _find(self, key: str, ranges: Mapping[str, tuple[int, int]] | None = None) -> int | None:
+        """The entry index of file ``key``, or None (``ranges`` stands in for the tree while building)."""
+        wanted = hash(key)
+        hashes = self._hashes
+        position = int(np.searchsorted(hashes, wanted))
+        if position >= self._count or hashes[position] != wanted:
+            return None
+        parent, _, name = key.rpartition("/")
+        if ranges is None:
+            info = self._dirs.get(parent)
+            span = (info.start, info.stop) if info is not None else None
+        else:
+            span = ranges.get(parent)
+        if span is None:
+            return None
+        while position < self._count and hashes[position] == wanted:
+            entry = int(self._hash_entries[position])
+            if span[0] <= entry < span[1] and self._name(entry) == name:
+                return entry
+            position += 1
+        return None
+
+    def _reference(self, entry: int) -> Reference:
+        kind = self._kinds[entry]
+        if kind == _RANGE:
+            return Range(self._urls[self._url_ids[entry]], int(self._offsets[entry]), int(self._lengths[entry]))
+        if kind == _WHOLE:
+            return Whole(self._urls[self._url_ids[entry]])
+        return Inline(self._inline[int(self._offsets[entry])])
+
+    # -- queries -------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        key = path.strip("/")
+        info = self._dirs.get(key)
+        if info is not None:
+            return Dir(key, info.subdirs)
+        entry = self._find(key)
+        if entry is None:
+            raise NotFound(path)
+        return File(key, self._reference(entry))
+
+    def listdir(self, path: str) -> Iterator[str]:
+        """The names in a directory, streamed in batches (subdirectories first)."""
+        key = path.strip("/")
+        info = self._dirs.get(key)
+        if info is None:
+            if self._find(key) is not None:
+                raise NotADirectory(path)
+            raise NotFound(path)
+        return self._names(info)
+
+    def _names(self, info: _DirInfo) -> Iterator[str]:
+        yield from info.subdirs
+        for start in range(info.start, info.stop, _LIST_BATCH):
+            stop = min(info.stop, start + _LIST_BATCH)
+            first, last = int(self._name_offsets[start]), int(self._name_offsets[stop]) - 1
+            yield from self._blob[first:last].decode("utf-8").split(_SEPARATOR)
+
+    def subdirectory_count(self, path: str) -> int:
+        info = self._dirs.get(path.strip("/"))
+        return len(info.subdirs) if info is not None else 0
+
+    def child_path(self, directory: str, name: str) -> str:
+        directory = directory.strip("/")
+        return f"{directory}/{name}" if directory else name
+
+    def extent(self, url: str) -> int:
+        """The end of the furthest byte any range reference reads from ``url`` (computed once)."""
+        return self._extents.get(url, 0)
+
+    @property
+    def urls(self) -> Iterable[str]:
+        return list(self._urls)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self.iter_references())
+
+    def iter_references(self) -> Iterator[tuple[str, Reference]]:
+        """Every (key, reference), directory by directory."""
+        for directory, info in self._dirs.items():
+            prefix = f"{directory}/" if directory else ""
+            names = self._names(_DirInfo(info.start, info.stop, ()))
+            for entry, name in zip(range(info.start, info.stop), names):
+                yield prefix + name, self._reference(entry)
+
+    @property
+    def directory_count(self) -> int:
+        return len(self._dirs)
+
+    size_if_known = staticmethod(Namespace.size_if_known)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory held by the column arrays and the name blob."""
+        arrays = (self._name_offsets, self._kinds, self._url_ids, self._offsets, self._lengths, self._hashes,
+                  self._hash_entries)
+        return len(self._blob) + sum(a.nbytes for a in arrays) + sum(len(d) for d in self._inline)
