@@ -14,8 +14,13 @@ import numpy as np
 import zarr
 
 
-def open_refs(refs: dict[str, Any]) -> zarr.Group:
+def open_refs(refs: dict[str, Any], remote_options: dict[str, Any] | None = None) -> zarr.Group:
     """Open a reference set the way a reader would: zarr over fsspec's ReferenceFileSystem."""
+    if remote_options is not None:  # an asynchronous target: let zarr build the store from a URL
+        protocol = refs.get("templates", {}).get("u", "").split("://")[0]
+        options = {"fo": refs, "remote_protocol": protocol, "remote_options": {**remote_options, "asynchronous": True},
+                   "asynchronous": True}
+        return zarr.open_group("reference://", storage_options=options, mode="r", zarr_format=2)
     fs = fsspec.filesystem("reference", fo=refs)
     return zarr.open_group(fs.get_mapper(""), mode="r", zarr_format=2)
 
