@@ -48,12 +48,18 @@ def _kill(mount) -> None:
 
 
 def _wait_serving(mount) -> None:
-    """``mounted`` may see the stale mount as an answer; wait until the new daemon serves."""
+    """``mounted`` may see the stale mount as an answer; wait until the new daemon serves.
+
+    Between the lazy unmount of the stale mount and the new mount, the bare
+    directory answers statvfs too: only a mountpoint that answers counts.
+    """
     deadline = time.monotonic() + 30
     while True:
         try:
             os.statvfs(mount.path)
-            return
+            if os.path.ismount(mount.path):
+                return
+            raise OSError("not mounted yet")
         except OSError:
             assert mount.process.poll() is None, mount.log()
             assert time.monotonic() < deadline, mount.log()
