@@ -257,7 +257,3 @@ class MountConfig:
         given = {k: v for k, v in values.items() if k in known and v is not None}
         return cls(source=source, mountpoint=os.path.abspath(mountpoint),
                    storage_options=dict(storage_options or {}), **given)
-
-
-def option_defaults() -> dict[str, Any]:
-    return {option.name: option.default for option in OPTIONS}

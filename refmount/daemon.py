@@ -392,16 +392,3 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
             return
         errors.append(f"{command[0]}: {result.stderr.strip() or result.returncode}")
     raise ConfigError(f"could not unmount {mountpoint}: " + "; ".join(errors or ["no unmount tool found"]))
-
-
-def wait_unmounted(mountpoint: str, timeout: float = 10.0) -> bool:
-    """Wait until ``mountpoint`` is no longer a mountpoint."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not os.path.ismount(mountpoint):
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False

@@ -180,10 +180,6 @@ class SetSlot:
             self.error = None
             return self.fs
 
-    def swap(self, fs: RefFilesystem, source: SetSource) -> None:
-        with self._lock:
-            self.fs, self.source, self.error = fs, source, None
-
     def unload(self) -> None:
         with self._lock:
             fs, self.fs = self.fs, None

@@ -38,11 +38,6 @@ class ByteRange:
         """The same range moved by ``delta`` bytes (file offsets to object offsets)."""
         return ByteRange(self.start + delta, self.stop + delta)
 
-    def intersect(self, other: "ByteRange") -> "ByteRange | None":
-        start, stop = max(self.start, other.start), min(self.stop, other.stop)
-        return ByteRange(start, stop) if start < stop else None
-
-
 def clamp_read(offset: int, size: int, file_size: int) -> ByteRange:
     """The part of a read of ``size`` bytes at ``offset`` that lies inside a file.
 

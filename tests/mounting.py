@@ -82,6 +82,7 @@ def mounted(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-        force_unmount(path) if os.path.ismount(path) else None
+        if os.path.ismount(path):
+            force_unmount(path)
         if process.returncode not in (0, None, -9):
             sys.stderr.write(f"refmount daemon exited with {process.returncode}; log:\n{mount.log()[-4000:]}\n")

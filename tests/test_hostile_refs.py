@@ -59,7 +59,7 @@ def _check_tree(refs: dict) -> None:
         directory = stack.pop()
         for name in namespace.listdir(directory):
             assert name and "/" not in name and name not in (".", ".."), name
-            child = namespace.lookup(namespace.child_path(directory, name))
+            child = namespace.lookup(f"{directory}/{name}" if directory else name)
             if isinstance(child, Dir):
                 stack.append(child.path)
 

@@ -41,7 +41,6 @@ class Served:
     options: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     storage_options: dict = field(default_factory=dict)
-    counter: object = None  # something with .gets() counting GETs at the server
 
     def reference_fs(self) -> fsspec.AbstractFileSystem:
         protocol = fsspec.core.split_protocol(next(v[0] for v in self.refs["refs"].values() if isinstance(v, list)))[0]

@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -237,10 +237,6 @@ class CompactNamespace:
         info = self._dirs.get(path.strip("/"))
         return len(info.subdirs) if info is not None else 0
 
-    def child_path(self, directory: str, name: str) -> str:
-        directory = directory.strip("/")
-        return f"{directory}/{name}" if directory else name
-
     def extent(self, url: str) -> int:
         """The end of the furthest byte any range reference reads from ``url`` (computed once)."""
         return self._extents.get(url, 0)

@@ -454,15 +454,8 @@ class ParquetNamespace:
                     if ref is not None:
                         yield f"{field.name}/{name}", ref
 
-    def metadata_documents(self) -> dict[str, Any]:
-        """The JSON documents of ``.zmetadata`` (for conversion back to JSON)."""
-        return {key: json.loads(data) for key, data in self._meta.items() if key != ZMETADATA}
-
     def subdirectory_count(self, path: str) -> int:
         return self._subdirs.get(path.strip("/"), 0)
-
-    def child_path(self, directory: str, name: str) -> str:
-        return self._child(directory.strip("/"), name)
 
     def extent(self, url: str) -> int:
         """The furthest referenced byte of ``url`` among the record files loaded so far.

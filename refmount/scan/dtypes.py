@@ -142,9 +142,3 @@ def encode_fill_value(value: Any, dt: np.dtype) -> JSON:
     raise UnrepresentableDtype(f"no fill value encoding for dtype {dt!r}")
 
 
-def fill_values_equal(a: Any, b: Any, dt: np.dtype) -> bool:
-    """Compare two fill values bytewise, so NaN equals NaN and -0.0 differs from 0.0."""
-    try:
-        return np.array(a, dtype=dt).tobytes() == np.array(b, dtype=dt).tobytes()
-    except (TypeError, ValueError):
-        return False
