@@ -120,6 +120,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("nonempty", parse_bool, False, "allow mounting over a non-empty directory", is_flag=True),
     Option("attr_timeout", _float, 3600.0, "seconds the kernel may cache attributes (data is immutable)", "SECONDS"),
     Option("threads", parse_bool, True, "serve FUSE requests from many threads", is_flag=True),
+    Option("xattrs", parse_bool, False, "answer user.refmount.* xattrs (where each key's bytes come from); off "
+           "by default because the kernel then asks the daemon for ACLs and labels on every ls -l", is_flag=True),
     # Logging
     Option("log_level", _str, "info", "debug, info, warning or error", "LEVEL"),
     Option("log_file", _str, None, "write the log here instead of stderr", "PATH"),
@@ -220,6 +222,7 @@ class MountConfig:
     nonempty: bool = False
     attr_timeout: float = 3600.0
     threads: bool = True
+    xattrs: bool = False
     log_level: str = "info"
     log_file: str | None = None
     idle_unload: float = 600.0

@@ -1,11 +1,14 @@
-"""The channel to a running mount: live figures through a virtual xattr, reload through SIGHUP.
+"""The channel to a running mount: live figures through a local socket, reload through SIGHUP.
 
-Why an xattr on the mount root rather than a socket: whoever can see the
-mount can read its figures (``refmount stats /mnt/era5``, or plain
-``getfattr -n user.refmount.stats /mnt/era5``), with no socket path to
-discover, no permissions to keep in step with the mount's, and nothing
-left behind when the daemon dies. The attributes are not listed, so tools
-that copy xattrs (``cp -a``, ``rsync -X``) do not pick them up.
+The figures are served on an abstract Unix socket named after the
+mountpoint's real path. Why a socket rather than an attribute or a file in
+the tree: the tree stays exactly the reference set (and xattrs can stay off,
+which keeps ``ls -l`` from costing a daemon round trip per file); an
+abstract name needs no directory to agree on and leaves nothing behind when
+the daemon dies. Who may ask follows who may see the mount: the mounting
+user and root, and everyone when the mount has ``allow_other``, checked
+with the caller's credentials (SO_PEERCRED). Abstract sockets belong to a
+network namespace, so ``refmount stats`` must run in the daemon's.
 
 Reload needs the right to signal the daemon, so ``refmount reload`` reads
 the daemon's pid from the same channel, sends SIGHUP (what systemd's
@@ -16,16 +19,26 @@ then prints the outcome the daemon recorded.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import logging
 import os
 import signal
+import socket
+import socketserver
+import struct
 import sys
+import threading
 import time
 from typing import Any, Callable
 
-from .errors import ConfigError, NoAttribute
+from .errors import ConfigError
 
-STATS_XATTR = "user.refmount.stats"
+log = logging.getLogger("refmount.control")
+
+#: The one request the channel answers.
+STATS_REQUEST = b"stats\n"
+_UCRED = struct.Struct("3i")  # pid, uid, gid of the connected peer
 
 #: Order and labels of ``refmount stats``.
 DISPLAY = (
@@ -50,39 +63,90 @@ DISPLAY = (
 )
 
 
-class ControlledFilesystem:
-    """Wraps the served filesystem and answers the control xattrs on the mount root."""
+def control_address(mountpoint: str) -> str:
+    """The abstract socket name of the mount at ``mountpoint`` (one per real path)."""
+    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:32]
+    return f"\0refmount/{digest}"
 
-    def __init__(self, inner: Any, report: Callable[[], dict[str, Any]]) -> None:
-        self._inner = inner
+
+class ControlServer:
+    """Answer ``stats`` requests for one mount from a background thread."""
+
+    def __init__(self, mountpoint: str, report: Callable[[], dict[str, Any]], *, allow_other: bool) -> None:
+        self.mountpoint = mountpoint
         self._report = report
+        self._allow_other = allow_other
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    def start(self) -> "ControlServer":
+        """Bind and serve; a channel that cannot be bound is logged, the mount goes on without it."""
+        owner = self
 
-    def getxattr(self, path: str, name: str) -> bytes:
-        if name == STATS_XATTR and path.strip("/") == "":
-            return self._stats_bytes()
-        return self._inner.getxattr(path, name)
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                owner._answer(self.request)
 
-    def _stats_bytes(self) -> bytes:
-        # The kernel asks for the size, then for the value, and figures move in between: padding
-        # to a whole number of KiB keeps the size stable (JSON ignores trailing blanks).
-        data = json.dumps(self._report(), sort_keys=True).encode()
-        return data + b" " * (-len(data) % 1024)
+        try:
+            server = socketserver.ThreadingUnixStreamServer(control_address(self.mountpoint), Handler)
+        except OSError as exc:
+            log.warning("no stats channel for %s: %s", self.mountpoint, exc.strerror)
+            return self
+        server.daemon_threads = True
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="refmount-control", daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _answer(self, connection: socket.socket) -> None:
+        connection.settimeout(5)
+        try:
+            request = connection.recv(64)  # read first: closing on unread data would reset the connection
+            _, uid, _ = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            if not (self._allow_other or uid in (0, os.geteuid())):
+                log.info("stats refused to uid %d: the mount is not allow_other", uid)
+                answer: dict[str, Any] = {"error": "not allowed: the mount is private to its owner"}
+            elif request != STATS_REQUEST:
+                answer = {"error": "unknown request"}
+            else:
+                answer = self._report()
+            connection.sendall(json.dumps(answer, sort_keys=True).encode())
+        except OSError as exc:
+            log.debug("stats request dropped: %s", exc)
 
 
-def read_stats(mountpoint: str) -> dict[str, Any]:
+def read_stats(mountpoint: str, *, timeout: float = 10.0) -> dict[str, Any]:
     """The figures of the refmount mount at ``mountpoint``."""
-    try:
-        raw = os.getxattr(mountpoint, STATS_XATTR)
-    except OSError as exc:
-        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
+        channel.settimeout(timeout)
+        try:
+            channel.connect(control_address(mountpoint))
+            channel.sendall(STATS_REQUEST)
+            chunks = []
+            while chunk := channel.recv(1 << 16):
+                chunks.append(chunk)
+        except (ConnectionRefusedError, FileNotFoundError):
+            if _is_stale(mountpoint):
+                raise ConfigError(f"{mountpoint} is a stale mount: its daemon died (refmount umount {mountpoint})") from None
             raise ConfigError(f"{mountpoint} is not a running refmount mount") from None
-        if exc.errno == errno.ENOTCONN:
-            raise ConfigError(f"{mountpoint} is a stale mount: its daemon died (refmount umount {mountpoint})") from None
-        raise ConfigError(f"cannot read figures of {mountpoint}: {exc.strerror}") from None
-    return json.loads(raw)
+        except OSError as exc:
+            raise ConfigError(f"cannot read figures of {mountpoint}: {exc.strerror or exc}") from None
+    figures = json.loads(b"".join(chunks))
+    if "error" in figures:
+        raise ConfigError(f"cannot read figures of {mountpoint}: {figures['error']}")
+    return figures
+
+
+def _is_stale(path: str) -> bool:
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def format_stats(figures: dict[str, Any]) -> str:
@@ -135,4 +199,4 @@ def run_reload(mountpoint: str, *, timeout: float = 60.0) -> int:
     return 1
 
 
-__all__ = ["ControlledFilesystem", "NoAttribute", "STATS_XATTR", "read_stats", "run_reload", "run_stats"]
+__all__ = ["ControlServer", "control_address", "read_stats", "run_reload", "run_stats"]

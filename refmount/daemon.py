@@ -170,7 +170,7 @@ def _announce_when_answering(mountpoint: str, timeout: float = 60.0) -> Callable
 
 def serve(config: MountConfig, *, force: bool = False) -> int:
     """Mount in the foreground and block until unmounted; the exit code of ``refmount mount -f``."""
-    from .control import ControlledFilesystem
+    from .control import ControlServer
     from .multiset import open_tree
 
     handler = setup_logging(config.log_level, config.log_file)
@@ -197,8 +197,8 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
                        uptime_seconds=time.time() - started)
         return figures
 
-    filesystem = ControlledFilesystem(tree.router, report)
-    adapter = FuseAdapter(filesystem, tree.metrics, on_init=_announce_when_answering(config.mountpoint))  # type: ignore[arg-type]
+    adapter = FuseAdapter(tree.router, tree.metrics, on_init=_announce_when_answering(config.mountpoint),  # type: ignore[arg-type]
+                          stateless_open=not tree.router.collection, xattrs=config.xattrs)
     metrics_server = None
     if config.metrics_port is not None:
         from .prometheus import MetricsServer
@@ -210,6 +210,7 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
             log.error("cannot serve metrics on %s:%d: %s", config.metrics_address, config.metrics_port, exc.strerror)
             tree.close()
             return 2
+    control = ControlServer(config.mountpoint, report, allow_other=config.allow_other).start()
     watcher = SignalWatcher(config.mountpoint, reload=lambda: _reload(tree))
     try:
         run_fuse(adapter, config.mountpoint, fuse_options(config, reloadable=tree.router.collection))
@@ -218,6 +219,7 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
         return 1
     finally:
         watcher.close()
+        control.close()
         notify_systemd("STOPPING=1")
         if metrics_server is not None:
             metrics_server.close()

@@ -164,7 +164,7 @@ def dataset(request, files, tmp_path_factory) -> Dataset:
 @pytest.fixture(scope="module")
 def decoded_mount(dataset, tmp_path_factory) -> Mount:
     mountpoint = tmp_path_factory.mktemp("decoded") / "mnt"
-    with mounted(dataset.refs_source, mountpoint, ["-o", "view=decoded", *dataset.options], env=dataset.env) as m:
+    with mounted(dataset.refs_source, mountpoint, ["-o", "view=decoded,xattrs", *dataset.options], env=dataset.env) as m:
         yield m
 
 

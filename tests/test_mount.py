@@ -106,7 +106,7 @@ def served(request, tmp_path_factory) -> Served:
 @pytest.fixture(scope="module")
 def mount(served: Served, tmp_path_factory) -> Mount:
     mountpoint = tmp_path_factory.mktemp(f"mnt-{served.backend}") / "mnt"
-    with mounted(served.refs_source, mountpoint, served.options, env=served.env) as m:
+    with mounted(served.refs_source, mountpoint, [*served.options, "--xattrs"], env=served.env) as m:
         yield m
 
 

@@ -5,6 +5,7 @@ These run the real mount(8), the real helpers and the real fuse3 mount.fuse, as 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -180,14 +181,25 @@ def test_getfattr_shows_where_bytes_come_from(dataset, tmp_path):
     source, refs = dataset
     key = biggest_range_key(refs)
     url, offset, length = refs["refs"][key]
-    with mounted(source, tmp_path / "mnt") as mount:
+    with mounted(source, tmp_path / "mnt", ["-o", "xattrs"]) as mount:
         output = subprocess.run(["getfattr", "-d", str(mount.path / key)], capture_output=True, text=True,
                                 check=True).stdout
         assert f'user.refmount.url="{url}"' in output
         assert f'user.refmount.offset="{offset}"' in output
         assert f'user.refmount.length="{length}"' in output
         root = subprocess.run(["getfattr", "-d", str(mount.path)], capture_output=True, text=True).stdout
-        assert "stats" not in root  # the control attribute is not listed, so cp -a / rsync -X skip it
-        figures = json.loads(subprocess.run(["getfattr", "--only-values", "-n", "user.refmount.stats",
-                                             str(mount.path)], capture_output=True, check=True).stdout)
-        assert figures["pid"] == mount.process.pid
+        assert "user.refmount" not in root  # directories carry no attributes
+
+
+def test_without_xattrs_the_kernel_stops_asking_and_stats_still_answer(dataset, tmp_path):
+    """By default xattrs are off: getfattr says 'not supported' and ls -l costs no upcall per file."""
+    source, refs = dataset
+    key = biggest_range_key(refs)
+    with mounted(source, tmp_path / "mnt") as mount:
+        with pytest.raises(OSError) as refused:
+            os.getxattr(mount.path / key, "user.refmount.url")
+        assert refused.value.errno == errno.EOPNOTSUPP
+        listed = subprocess.run(["ls", "-lR", str(mount.path)], capture_output=True, text=True, check=True).stdout
+        assert key.rsplit("/", 1)[-1] in listed
+        assert read_stats(str(mount.path))["pid"] == mount.process.pid
+        assert (mount.path / key).read_bytes() == expected_bytes(refs, key)

@@ -164,7 +164,7 @@ def test_secrets_never_reach_the_log_or_errors(tmp_path):
         "--endpoint-url", "http://127.0.0.1:9", "--timeout", "2", "--retries", "2",
         "-o", f"s3.key=AKIAEXAMPLEKEY,s3.secret={secret_key}",
     ]
-    with mounted(tmp_path / "refs.json", tmp_path / "mnt", options) as m:
+    with mounted(tmp_path / "refs.json", tmp_path / "mnt", [*options, "--xattrs"]) as m:
         assert read_file(m.path / "a", timeout=60).error == "EIO"
         assert read_file(m.path / "b", timeout=60).error == "EIO"
         xattr = os.getxattr(m.path / "b", "user.refmount.url").decode()

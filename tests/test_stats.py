@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_stats_move_with_reads_and_prometheus_shows_the_same(tmp_path):
         assert as_json["bytes_delivered"] == after["bytes_delivered"]
         with open(mount.path / key, "rb") as handle:
             handle.read(1)
-            assert read_stats(str(mount.path))["open_handles"] == 1
+            # One reference set never changes, so files open without a round trip to the daemon.
+            assert read_stats(str(mount.path))["open_handles"] == 0
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert "# TYPE refmount_reads_total counter" in body
         lines = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
@@ -94,3 +96,35 @@ def test_no_secret_reaches_the_log_through_any_channel(tmp_path):
     assert "options: " in log and "gone.h5" in log  # the log did record options and the failed read
     for channel, secret in secrets.items():
         assert secret not in log, f"the {channel} secret leaked into the log"
+
+
+def _stats_as_user(uid: int, mountpoint: str) -> str:
+    """What `read_stats` says to another user: 'pid N' or the refusal (child process, setuid)."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(reader)
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            answer = f"pid {read_stats(mountpoint)['pid']}"
+        except BaseException as exc:  # noqa: BLE001 - report whatever happened to the parent
+            answer = str(exc)
+        os.write(writer, answer.encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(child, 0)
+    return answer
+
+
+def test_stats_are_for_whoever_may_see_the_mount(tmp_path):
+    _, refs = make_dataset(tmp_path / "data")
+    source = write_set(tmp_path / "era5.json", refs)
+    tmp_path.chmod(0o755)
+    with mounted(source, tmp_path / "private") as mount:
+        assert read_stats(str(mount.path))["pid"] == mount.process.pid
+        assert "not allowed" in _stats_as_user(65534, str(mount.path))
+    with mounted(source, tmp_path / "shared", ["-o", "allow_other"]) as mount:
+        assert _stats_as_user(65534, str(mount.path)) == f"pid {mount.process.pid}"
