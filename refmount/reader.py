@@ -1,19 +1,10 @@
 """Turning a read of a key into bytes: clamp once, slice inline data, or go through the cache.
 
-Readahead, as an essay. The kernel asks for at most 128 KiB at a time, and
-a reader that walks a chunk file from start to end would otherwise pay one
-round trip per block. Sequential access is detected per object URL, not
-per open file: consecutive chunk files of one HDF5 file usually sit next to
-each other in the object, so a ``cat`` of ``temp/*`` is one sequential stream
-over the object even though it opens hundreds of keys. When a read of a
-URL starts where the previous read of that URL ended (within one block),
-the stream's window doubles, from one block up to ``readahead`` bytes, and
-the blocks beyond the read are fetched in the background; a read elsewhere
-resets the window, so random access pays for no readahead at all. The
-prefetch never crosses the URL's extent (the end of the furthest
-reference), and it goes through the same cache and the same one-fetch-per-
-block rule as demand reads, so a reader that catches up with its readahead
-simply waits for the GET already in flight.
+What to fetch ahead of the reader is decided by :mod:`refmount.readahead`
+(pure planning); this module runs the plan on a small thread pool, through
+the same cache and the same one-fetch-per-block rule as demand reads, so a
+reader that catches up with its readahead simply waits for the GET already
+in flight.
 """
 
 from __future__ import annotations
@@ -22,27 +13,15 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from cachetools import LRUCache
-
 from .backend import RangeReader
 from .cache import BlockCache
 from .metrics import Metrics
 from .namespace import File, Namespace
 from .ranges import ByteRange, clamp_read
+from .readahead import ReadaheadPlanner
 from .refs.model import Inline, Range, Reference, Whole
 
 log = logging.getLogger("refmount.reader")
-
-
-class _Stream:
-    """Sequential-access state of one URL."""
-
-    __slots__ = ("next_offset", "window", "prefetched_to")
-
-    def __init__(self) -> None:
-        self.next_offset = -1
-        self.window = 0
-        self.prefetched_to = 0
 
 
 class Reader:
@@ -56,15 +35,14 @@ class Reader:
         *,
         readahead: int,
         metrics: Metrics | None = None,
-        prefetch_workers: int = 4,
+        prefetch_workers: int = 8,
     ) -> None:
         self.namespace = namespace
         self.cache = cache
         self.backend = backend
         self.readahead = readahead
         self.metrics = metrics or cache.metrics
-        self._streams: LRUCache[str, _Stream] = LRUCache(maxsize=4096)
-        self._streams_lock = threading.Lock()
+        self.planner = ReadaheadPlanner(cache.block_size, readahead)
         self._prefetcher = ThreadPoolExecutor(max_workers=prefetch_workers, thread_name_prefix="refmount-ahead")
         self._prefetch_slots = threading.BoundedSemaphore(prefetch_workers * 2)
 
@@ -82,7 +60,8 @@ class Reader:
         if isinstance(ref, Inline):
             data = ref.data[rng.start : rng.stop]
         elif isinstance(ref, Range):
-            data = self._read_object(ref.url, rng.shift(ref.offset), self.namespace.extent(ref.url))
+            chunk = ByteRange(ref.offset, ref.offset + ref.length) if rng.start == 0 else None
+            data = self._read_object(ref.url, rng.shift(ref.offset), self.namespace.extent(ref.url), chunk)
         elif isinstance(ref, Whole):
             data = self._read_object(ref.url, rng, self.backend.size(ref.url))
         else:  # pragma: no cover - the model has three shapes
@@ -95,36 +74,11 @@ class Reader:
 
     # -- internals -----------------------------------------------------------
 
-    def _read_object(self, url: str, rng: ByteRange, extent: int) -> bytes:
-        ahead = self._plan_readahead(url, rng, extent)
-        data = self.cache.read(url, rng, extent)
-        if ahead is not None:
+    def _read_object(self, url: str, rng: ByteRange, extent: int, chunk: ByteRange | None = None) -> bytes:
+        # Plan and start the readahead first: it runs while the demand read waits for its blocks.
+        for ahead in self.planner.plan(url, rng, extent, chunk):
             self._submit_prefetch(url, ahead, extent)
-        return data
-
-    def _plan_readahead(self, url: str, rng: ByteRange, extent: int) -> ByteRange | None:
-        """Update the URL's stream and return the range to prefetch, if any."""
-        if self.readahead <= 0:
-            return None
-        block = self.cache.block_size
-        with self._streams_lock:
-            stream = self._streams.get(url)
-            if stream is None:
-                stream = self._streams[url] = _Stream()
-            sequential = stream.next_offset >= 0 and abs(rng.start - stream.next_offset) <= block
-            stream.next_offset = rng.stop
-            if not sequential:
-                stream.window = 0
-                stream.prefetched_to = rng.stop
-                return None
-            stream.window = min(self.readahead, max(block, stream.window * 2))
-            start = max(rng.stop, stream.prefetched_to)
-            stop = min(extent, rng.stop + stream.window)
-            # Top up only when at least a block of the window is not requested yet.
-            if stop - start < min(block, stream.window):
-                return None
-            stream.prefetched_to = stop
-            return ByteRange(start, stop)
+        return self.cache.read(url, rng, extent)
 
     def _submit_prefetch(self, url: str, ahead: ByteRange, extent: int) -> None:
         if not self._prefetch_slots.acquire(blocking=False):
