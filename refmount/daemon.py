@@ -63,7 +63,10 @@ def backend_options(config: MountConfig) -> BackendOptions:
 
 def reference_storage_options(config: MountConfig) -> dict:
     """fsspec options for reading the reference file itself."""
-    options = filesystem_options(protocol_of(config.source), backend_options(config))
+    from .redirects import origin_of
+
+    options = filesystem_options(protocol_of(config.source), backend_options(config),
+                                 redirect_origin=origin_of(config.source))
     options.pop("skip_instance_cache", None)
     return options
 
