@@ -85,29 +85,18 @@ def test_foreground_daemon_keeps_the_secret_out_of_its_command_line(local_s3, s3
         assert f"{SECRET_ENV}" not in mount.log()
 
 
-def test_background_mount_through_the_mount_helper_hands_secrets_over_in_the_environment(
-    local_s3, s3_set, tmp_path
-):
-    """``mount.refmount`` (what fstab runs) starts a detached daemon: its argv carries no secret either.
-
-    The access key comes from the inherited ``REFMOUNT_SECRET_OPTIONS`` and the secret from ``-o``: both reach S3.
-    """
-    refs, expected = s3_set
-    secret = local_s3.secret_key
-    mountpoint = tmp_path / "mnt"
+def mount_in_background(helper_args: list[str], mountpoint: Path, env: dict[str, str], secret: str,
+                        expected: bytes, log_file: Path) -> None:
+    """Mount with ``mount.refmount HELPER_ARGS`` (as fstab does), read, check every public place, unmount."""
     mountpoint.mkdir()
-    log_file = tmp_path / "daemon.log"
-    env = {**code_env(), **_NO_AWS_ENV, SECRET_ENV: f"s3.key={local_s3.access_key}"}
-    command = [sys.executable, "-m", "refmount.mount_helper", str(refs), str(mountpoint), "-o",
-               f"rw,endpoint_url={local_s3.endpoint_url},s3.secret={secret},log_file={log_file},log_level=debug"]
     try:
-        started = subprocess.run(command, capture_output=True, text=True, env=env, timeout=90)
+        started = subprocess.run([sys.executable, "-m", "refmount.mount_helper", *helper_args], capture_output=True,
+                                 text=True, env=env, timeout=90)
         assert started.returncode == 0, started.stderr
         assert answers(mountpoint)
-        assert (mountpoint / "chunk").read_bytes() == expected
+        assert (mountpoint / "chunk").read_bytes() == expected  # the credentials reached the store
         figures, _ = stats_of(mountpoint)
-        pid = int(figures["pid"])
-        assert_secret_nowhere_public(secret, pid, mountpoint, log_file.read_text())
+        assert_secret_nowhere_public(secret, int(figures["pid"]), mountpoint, log_file.read_text())
     finally:
         subprocess.run([sys.executable, "-m", "refmount", "umount", str(mountpoint)], capture_output=True,
                        env=code_env(), timeout=30)
@@ -117,6 +106,35 @@ def test_background_mount_through_the_mount_helper_hands_secrets_over_in_the_env
         if os.path.ismount(mountpoint):
             force_unmount(mountpoint)
     assert secret not in log_file.read_text()
+
+
+def test_background_mount_through_the_mount_helper_hands_secrets_over_in_the_environment(
+    local_s3, s3_set, tmp_path
+):
+    """``mount.refmount`` (what fstab runs) starts a detached daemon: its argv carries no secret either.
+
+    The access key comes from an inherited ``REFMOUNT_SECRET_OPTIONS`` and the secret from ``-o``: both reach S3.
+    """
+    refs, expected = s3_set
+    log_file = tmp_path / "daemon.log"
+    env = {**code_env(), **_NO_AWS_ENV, SECRET_ENV: f"s3.key={local_s3.access_key}"}
+    options = f"rw,endpoint_url={local_s3.endpoint_url},s3.secret={local_s3.secret_key},log_file={log_file}"
+    mount_in_background([str(refs), str(tmp_path / "mnt"), "-o", options + ",log_level=debug"], tmp_path / "mnt",
+                        env, local_s3.secret_key, expected, log_file)
+
+
+def test_fstab_line_without_secrets_takes_them_from_a_private_config_file(local_s3, s3_set, tmp_path):
+    """``config=FILE`` plays the part of cifs' ``credentials=``: a 0600 TOML file holds the keys."""
+    refs, expected = s3_set
+    log_file = tmp_path / "daemon.log"
+    config = tmp_path / "era5.toml"
+    config.write_text(f'source = "{refs}"\nendpoint_url = "{local_s3.endpoint_url}"\nlog_level = "debug"\n'
+                      f'[storage_options.s3]\nkey = "{local_s3.access_key}"\nsecret = "{local_s3.secret_key}"\n')
+    config.chmod(0o600)
+    env = {**code_env(), **_NO_AWS_ENV}
+    mount_in_background(["none", str(tmp_path / "mnt"), "-o", f"ro,_netdev,config={config},log_file={log_file}"],
+                        tmp_path / "mnt", env, local_s3.secret_key, expected, log_file)
+    assert "readable by other users" not in log_file.read_text()
 
 
 def test_split_argv_moves_only_credential_options():
