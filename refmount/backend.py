@@ -42,6 +42,7 @@ from .errors import BackendError, ForbiddenURL, NotFound, StaleObject
 from .metrics import Metrics
 from .policy import LOCAL_PROTOCOLS, UrlPolicy, local_path, protocol_of
 from .ranges import ByteRange
+from .redirects import guarded_http_options
 from .staleness import SourceFacts, SourceGuard, recorded_facts
 
 log = logging.getLogger("refmount.backend")
@@ -93,8 +94,12 @@ def stall_timeout(options: BackendOptions) -> float:
     return max(1.0, options.timeout / max(1, options.retries))
 
 
-def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]:
-    """fsspec constructor arguments for ``protocol``: the generic options plus ``-o proto.x=y``."""
+def filesystem_options(protocol: str, options: BackendOptions, *, redirect_origin: str | None = None) -> dict[str, Any]:
+    """fsspec constructor arguments for ``protocol``: the generic options plus ``-o proto.x=y``.
+
+    HTTP redirects are checked against the URL policy hop by hop (:mod:`refmount.redirects`);
+    ``redirect_origin`` also admits hops that stay on that origin (for the reference set itself).
+    """
     kwargs: dict[str, Any] = {}
     if protocol == "s3":
         client_kwargs: dict[str, Any] = {}
@@ -130,6 +135,8 @@ def filesystem_options(protocol: str, options: BackendOptions) -> dict[str, Any]
     if "client_kwargs" in extra and "client_kwargs" in kwargs:
         extra["client_kwargs"] = {**kwargs["client_kwargs"], **extra["client_kwargs"]}
     kwargs.update(extra)
+    if protocol in ("http", "https"):
+        guarded_http_options(kwargs, options.policy, redirect_origin)
     kwargs["skip_instance_cache"] = True
     return kwargs
 
@@ -179,6 +186,8 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, WrongLength):
         return not exc.oversized
+    if type(exc).__name__ == "TooManyRedirects":
+        return False  # aiohttp's: a redirect loop stays one
     status = http_status(exc)
     if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
         return False

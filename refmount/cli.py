@@ -142,7 +142,9 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         mountpoint = mountpoint or file_config.mountpoint
     if not source:
         raise ConfigError("no reference set given (REFS argument or 'source' in --config)")
-    for text in args.mount_options:
+    from .secretargs import take_from_environment
+
+    for text in [*args.mount_options, take_from_environment()]:
         parsed, per_protocol = parse_mount_options(text)
         values.update(parsed)
         for protocol, options in per_protocol.items():
@@ -158,12 +160,15 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
 
 def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from . import daemon
+    from .secretargs import child_environment, reexec_without_secrets, split_argv
 
-    config = mount_config(args)
     if args.foreground:
-        return daemon.serve(config, force=args.force)
-    forwarded = [arg for arg in argv if arg not in ("-f", "--foreground")]
-    return daemon.start_background(forwarded, config.mountpoint, config.log_file)
+        reexec_without_secrets(argv)  # a daemon never shows credentials in ps; returns when there are none
+        return daemon.serve(mount_config(args), force=args.force)
+    forwarded, secrets = split_argv([arg for arg in argv if arg not in ("-f", "--foreground")])
+    env = child_environment(secrets)  # before mount_config takes the inherited ones out of os.environ
+    config = mount_config(args)
+    return daemon.start_background(forwarded, config.mountpoint, config.log_file, env=env)
 
 
 def _run_umount(args: argparse.Namespace) -> int:

@@ -15,9 +15,10 @@ mount itself and one table carries fsspec options per protocol::
     [storage_options.s3]
     requester_pays = true
 
-Credentials belong in the environment (systemd ``EnvironmentFile=``), not
-here; when a file does carry storage options and can be read by others, the
-loader warns, never printing the values.
+Credentials belong in the environment (systemd ``EnvironmentFile=``) or in
+a file only its owner can read: an fstab line ``config=FILE`` then needs no
+secret (like cifs' ``credentials=``). When a file does carry storage options
+and can be read by others, the loader warns, never printing the values.
 """
 
 from __future__ import annotations

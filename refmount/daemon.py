@@ -63,7 +63,10 @@ def backend_options(config: MountConfig) -> BackendOptions:
 
 def reference_storage_options(config: MountConfig) -> dict:
     """fsspec options for reading the reference file itself."""
-    options = filesystem_options(protocol_of(config.source), backend_options(config))
+    from .redirects import origin_of
+
+    options = filesystem_options(protocol_of(config.source), backend_options(config),
+                                 redirect_origin=origin_of(config.source))
     options.pop("skip_instance_cache", None)
     return options
 
@@ -330,8 +333,12 @@ def default_log_path(mountpoint: str) -> str:
     return os.path.join(directory, name + ".log")
 
 
-def start_background(argv: list[str], mountpoint: str, log_file: str | None, timeout: float = 60.0) -> int:
-    """Run ``refmount mount ... --foreground`` detached; return once it answers or has failed."""
+def start_background(argv: list[str], mountpoint: str, log_file: str | None, timeout: float = 60.0,
+                     env: dict[str, str] | None = None) -> int:
+    """Run ``refmount mount ... --foreground`` detached; return once it answers or has failed.
+
+    ``env``: the daemon's environment (credentials travel here, never in ``argv``: see secretargs).
+    """
     log_path = log_file or default_log_path(mountpoint)
     command = [sys.executable, "-m", "refmount", *argv, "--foreground"]
     if not log_file:
@@ -339,7 +346,8 @@ def start_background(argv: list[str], mountpoint: str, log_file: str | None, tim
     with open(log_path, "ab") as sink:
         start_offset = sink.tell()
         child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True, close_fds=True
+            command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True, close_fds=True,
+            env=env,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

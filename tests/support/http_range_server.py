@@ -8,7 +8,8 @@ properties over a real socket: it serves a directory, honours
 unsatisfiable), sends ``ETag`` / ``Last-Modified`` / ``Accept-Ranges``, counts
 requests, and can be told to misbehave the way real servers and object
 stores do: fail, reset, stall, cut or pad bodies, lie about lengths, ignore
-Range, trickle, or die mid-body and come back on the same port. Like an
+Range, trickle, or die mid-body and come back on the same port; it can answer
+chosen paths with a redirect (:meth:`RangeHTTPServer.redirect`). Like an
 object store it refuses a GET whose ``If-Match`` names another ETag (412),
 so tests of changed objects run against it too.
 """
@@ -111,6 +112,13 @@ class _Handler(TrackedHandler):
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         owner.stats.record(self.command, path)
         owner.log_request_line(self.command, path, self.headers.get("Range"))
+        location = owner.redirects.get(path)
+        if location is not None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         bad = owner._take_behaviour()
         if bad.delay:
             time.sleep(bad.delay)
@@ -223,6 +231,7 @@ class RangeHTTPServer(LoopbackServer):
         self.stats = RequestStats()
         self.requests: list[tuple[str, str, str | None]] = []
         self.bad = Misbehaviour()
+        self.redirects: dict[str, str] = {}
         self._released = threading.Event()
 
     # -- addresses
@@ -244,6 +253,12 @@ class RangeHTTPServer(LoopbackServer):
         path.write_bytes(data)
         if mtime is not None:
             os.utime(path, (mtime, mtime))
+        return self.url_for(relpath)
+
+    def redirect(self, relpath: str, location: str) -> str:
+        """Answer requests for ``relpath`` with ``302 Location: location``; return the URL that redirects."""
+        with self._lock:
+            self.redirects["/" + relpath.lstrip("/")] = location
         return self.url_for(relpath)
 
     def etag_for(self, relpath: str) -> str:
