@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem
@@ -243,6 +243,31 @@ class FsspecBackend:
                 single_attempt(fs)
                 self._filesystems[protocol] = fs
         return fs, fs._strip_protocol(url)
+
+    def connect(self, urls: Iterable[str]) -> None:
+        """Get each protocol's client ready in the background, before the first read needs it.
+
+        The first request of a fresh S3 client loads botocore's service
+        models and builds a TLS context: a few hundred milliseconds that
+        would otherwise land on the first read of a fresh mount. So one
+        object per protocol is looked up now (the lookup the first read
+        would make anyway to learn its size and ETag). It runs beside the
+        mount, never delaying it; a failure is left for the first read to
+        meet and report.
+        """
+        first_of: dict[str, str] = {}
+        for url in urls:
+            first_of.setdefault(protocol_of(url), url)
+        if first_of:
+            threading.Thread(target=self._connect, args=(list(first_of.values()),), name="refmount-connect",
+                             daemon=True).start()
+
+    def _connect(self, urls: list[str]) -> None:
+        for url in urls:
+            try:
+                self.guard.check(url)
+            except Exception as exc:  # noqa: BLE001 - see connect()
+                log.debug("could not reach %s ahead of the first read: %s", _redact(url), _describe(exc))
 
     # -- RangeReader -------------------------------------------------------
 

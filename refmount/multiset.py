@@ -527,6 +527,7 @@ def open_tree(config: Any) -> ServedTree:
             log.warning("%s: %d referenced URL(s) are not allowed and will read as EACCES, e.g. %s: %s",
                         source.name or redact_url(source.url), len(refused), redact_url(refused[0]),
                         options.policy.reason(refused[0]))
+        backend.connect(itertools.islice((url for url in namespace.urls if options.policy.permits(url)), 10_000))
         reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
         shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url)
         fs = RefFilesystem(shown, view_reader, owner, mtime)
