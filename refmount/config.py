@@ -106,8 +106,8 @@ OPTIONS: tuple[Option, ...] = (
     # Cache and reading
     Option("cache_size", parse_size, 1 << 30, "memory budget of the block cache (e.g. 512M, 4G)", "SIZE"),
     Option("block_size", parse_size, 1 << 20, "unit of caching and fetching in each object's byte space", "SIZE"),
-    Option("max_request", parse_size, 16 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
-    Option("readahead", parse_size, 8 << 20, "largest readahead window for sequential readers (0 disables)", "SIZE"),
+    Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
+    Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file read from its start (0 disables)", "SIZE"),
     # Tree presentation
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
@@ -211,8 +211,8 @@ class MountConfig:
     allow: tuple[str, ...] = ()
     cache_size: int = 1 << 30
     block_size: int = 1 << 20
-    max_request: int = 16 << 20
-    readahead: int = 8 << 20
+    max_request: int = 8 << 20
+    readahead: int = 32 << 20
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222
