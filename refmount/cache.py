@@ -59,6 +59,11 @@ class BlockCache:
         self.metrics.gauge("cache_capacity", lambda: self._blocks.maxsize)
 
     @property
+    def capacity(self) -> int:
+        """The byte budget."""
+        return int(self._blocks.maxsize)
+
+    @property
     def size(self) -> int:
         """Bytes currently held."""
         return int(self._blocks.currsize)
