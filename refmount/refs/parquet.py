@@ -18,10 +18,10 @@ lives in record file ``n // N``, row ``n % N``. A row is
 * otherwise ``size`` bytes of ``path`` at ``offset``.
 
 Mounting reads ``.zmetadata`` only, so a set of any size mounts in the time of
-one small GET. A chunk lookup loads the one record file holding it into a
-byte-bounded LRU of decoded records (URLs dictionary-encoded and interned,
-offsets and sizes in numpy arrays); a stat of one chunk therefore loads at
-most one record file. Listing a field walks its record files one at a time
+one small GET. A chunk lookup loads the one record file holding it into an
+LRU of decoded records holding at most ``record_cache`` of them (URLs
+dictionary-encoded and interned, offsets and sizes in numpy arrays); a stat
+of one chunk therefore loads at most one record file. Listing a field walks its record files one at a time
 and streams the names of the rows that exist.
 
 Served bytes match fsspec's ``ReferenceFileSystem``: metadata documents as
@@ -61,8 +61,8 @@ __all__ = [
     "record_path",
 ]
 
-#: Decoded record files kept in memory, in bytes (about 20 bytes per row).
-DEFAULT_RECORD_CACHE = 48 << 20
+#: Decoded record files kept in memory (option ``record_cache``); each costs about 9 bytes per row.
+DEFAULT_RECORD_CACHE = 32
 
 ZMETADATA = ".zmetadata"
 
@@ -270,7 +270,9 @@ class ParquetNamespace:
     """The tree of a Parquet reference set; record files are loaded on demand.
 
     ``fs`` is an fsspec filesystem and ``root`` the set's directory on it.
-    ``record_cache`` bounds the decoded records kept, in bytes.
+    ``record_cache`` is how many decoded record files are kept (least
+    recently used first out); 0 keeps none, so every lookup reads its record
+    file again.
     """
 
     def __init__(
@@ -320,7 +322,9 @@ class ParquetNamespace:
                 grid = chunk_grid(document, field)
                 total = math.prod(grid)
                 self._fields[field] = _Field(field, grid, total, math.ceil(total / self.record_size))
-        self._records: LRUCache[tuple[str, int], Any] = LRUCache(maxsize=record_cache, getsizeof=lambda r: r.nbytes)
+        if type(record_cache) is not int or record_cache < 0:
+            raise ValueError(f"record_cache must be a non-negative number of record files, got {record_cache!r}")
+        self._records: LRUCache[tuple[str, int], Any] = LRUCache(maxsize=record_cache)
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._lock = threading.Lock()
         self._urls: dict[str, str] = {}
@@ -348,7 +352,7 @@ class ParquetNamespace:
                 with self._lock:
                     try:
                         self._records[key] = record
-                    except ValueError:  # larger than the whole cache: use it once
+                    except ValueError:  # a cache of 0 record files: use it once
                         pass
             with self._lock:
                 self._loading.pop(key, None)
@@ -487,6 +491,12 @@ class ParquetNamespace:
     @property
     def directory_count(self) -> int:
         return len(self._children)
+
+    @property
+    def records_cached(self) -> int:
+        """How many decoded record files are held now (at most ``record_cache``)."""
+        with self._lock:
+            return len(self._records)
 
     @property
     def record_files(self) -> int:
