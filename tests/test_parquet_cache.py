@@ -88,3 +88,19 @@ def test_a_mount_with_record_cache_2_refetches_the_third_record_back(parquet_set
         os.stat(m.path / "v/1")  # record 0: fetched again
         assert loads() == 4
         assert "record_cache=2" in m.log()
+
+
+def test_a_short_record_file_does_not_shift_the_names_after_it(parquet_set, tmp_path):
+    """Rows missing from the end of a record file are absent chunks; later records keep their names."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "short.parq"
+    shutil.copytree(parquet_set / "set.parq", copy)
+    first = copy / "v" / "refs.0.parq"
+    pq.write_table(pq.read_table(first).slice(0, 4), first)
+    namespace = ParquetNamespace(fsspec.filesystem("file"), str(copy), (copy / ".zmetadata").read_bytes())
+    names = [name for name in namespace.listdir("v") if not name.startswith(".")]
+    assert names == [str(n) for n in range(4)] + [str(n) for n in range(RECORD_SIZE, GRID)]
+    assert namespace.lookup("v/11").ref == Range(str(parquet_set / "data.bin"), 11, 8)
