@@ -187,9 +187,10 @@ def _values(chunk: Any, fill: int) -> np.ndarray:
     if len(chunk) == chunk.null_count:
         return np.full(len(chunk), fill, dtype=np.int64)
     values = np.frombuffer(chunk.buffers()[1], dtype=dtype)[chunk.offset : chunk.offset + len(chunk)]
+    if not chunk.null_count:
+        return values.astype(np.int64, copy=False)  # a view of Arrow's buffer when already int64
     values = values.astype(np.int64)
-    if chunk.null_count:
-        values[~_valid(chunk)] = fill
+    values[~_valid(chunk)] = fill
     return values
 
 
@@ -401,6 +402,7 @@ class ParquetNamespace:
         self._records: LRUCache[tuple[str, int], Any] = LRUCache(maxsize=record_cache)
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._lock = threading.Lock()
+        self._prefetcher: Any = None
         self._urls: dict[str, str] = {}
         self._extents: dict[str, int] = {}
         self.records_loaded = 0
@@ -431,6 +433,42 @@ class ParquetNamespace:
             with self._lock:
                 self._loading.pop(key, None)
         return record
+
+    def _prefetch(self, field: _Field, number: int) -> None:
+        """Load a record file in the background; whoever asks for it meanwhile waits for this load.
+
+        Only a listing prefetches (the next record file of the field it walks),
+        and only when the cache can hold that record beside the one being listed.
+        """
+        key = (field.name, number)
+        with self._lock:
+            if self._records.maxsize < 2 or key in self._records or key in self._loading:
+                return
+            loading = self._loading[key] = threading.Lock()
+            loading.acquire()
+            if self._prefetcher is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="record-prefetch")
+
+        def load() -> None:
+            try:
+                record = self._load(field, number)
+                with self._lock:
+                    self._records[key] = record
+            except Exception as exc:  # noqa: BLE001 - the listing loads it again itself and reports the failure
+                log.debug("prefetch of %s record %d failed: %s", field.name, number, exc)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+                loading.release()
+
+        try:
+            self._prefetcher.submit(load)
+        except RuntimeError:  # shutting down: the listing loads it itself
+            with self._lock:
+                self._loading.pop(key, None)
+            loading.release()
 
     def _load(self, field: _Field, number: int) -> Any:
         import pyarrow as pa
@@ -526,6 +564,8 @@ class ParquetNamespace:
         names = map(".".join, itertools.product(*labels))
 
         def record_names(number: int) -> Iterator[str]:
+            if number + 1 < field.records:
+                self._prefetch(field, number + 1)  # decoded while this record's names are listed
             count = min(self.record_size, field.total - number * self.record_size)
             present = self._record(field, number).present(count)
             rows = itertools.islice(names, count)  # consumed in full before the next record's
