@@ -104,3 +104,31 @@ def test_a_short_record_file_does_not_shift_the_names_after_it(parquet_set, tmp_
     names = [name for name in namespace.listdir("v") if not name.startswith(".")]
     assert names == [str(n) for n in range(4)] + [str(n) for n in range(RECORD_SIZE, GRID)]
     assert namespace.lookup("v/11").ref == Range(str(parquet_set / "data.bin"), 11, 8)
+
+
+@pytest.mark.parametrize("bound", [1, 32])
+def test_a_listing_loads_each_record_file_once(parquet_set, bound):
+    """With room for two records the next one is decoded ahead; never twice, never beyond the field."""
+    namespace = _namespace(parquet_set, bound)
+    for _ in range(3):
+        names = namespace.listdir("v")
+        assert next(names) == ".zarray"
+        assert sum(1 for _ in names) == GRID
+        assert namespace.records_loaded <= GRID // RECORD_SIZE * (1 if bound > 1 else 3)
+    assert namespace.records_loaded == GRID // RECORD_SIZE * (1 if bound > 1 else 3)
+
+
+def test_a_corrupt_record_file_fails_the_listing_naming_it(parquet_set, tmp_path):
+    import shutil
+
+    from refmount.errors import InvalidReferences
+
+    copy = tmp_path / "corrupt.parq"
+    shutil.copytree(parquet_set / "set.parq", copy)
+    (copy / "v" / "refs.3.parq").write_bytes(b"PAR1 but not really")
+    namespace = ParquetNamespace(fsspec.filesystem("file"), str(copy), (copy / ".zmetadata").read_bytes())
+    names = namespace.listdir("v")
+    with pytest.raises(InvalidReferences, match=r"refs\.3\.parq"):
+        for _ in names:
+            pass
+    assert namespace.lookup("v/41").ref.offset == 41  # the records after it still serve
