@@ -21,8 +21,9 @@ Mounting reads ``.zmetadata`` only, so a set of any size mounts in the time of
 one small GET. A chunk lookup loads the one record file holding it into an
 LRU of decoded records holding at most ``record_cache`` of them (URLs
 dictionary-encoded and interned, offsets and sizes in numpy arrays); a stat
-of one chunk therefore loads at most one record file. Listing a field walks its record files one at a time
-and streams the names of the rows that exist.
+of one chunk therefore loads at most one record file. Listing a field walks
+its record files one at a time (decoding the next one in the background) and
+streams the names of the rows that exist.
 
 Served bytes match fsspec's ``ReferenceFileSystem``: metadata documents as
 ``json.dumps(document)`` and ``.zmetadata`` as the file's own bytes. Chunk
@@ -203,8 +204,8 @@ class _Record:
 
     Only numpy arrays of the narrowest integer type are kept (URL ids in one
     byte for up to 127 distinct URLs, offsets and sizes in four bytes when
-    they fit): about 9 bytes per row, and no Arrow object unless the record
-    holds inline (``raw``) rows.
+    they fit): about 9 bytes per row. The Arrow table is kept only for the
+    ``raw`` column of a record holding inline rows.
     """
 
     __slots__ = ("url_codes", "urls", "offsets", "sizes", "raw", "raw_valid", "nbytes", "rows")
