@@ -107,7 +107,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_size", parse_size, 1 << 30, "memory budget of the block cache (e.g. 512M, 4G)", "SIZE"),
     Option("block_size", parse_size, 1 << 20, "unit of caching and fetching in each object's byte space", "SIZE"),
     Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
-    Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file read from its start (0 disables)", "SIZE"),
+    Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file "
+           "read from its start (0 disables)", "SIZE"),
+    Option("record_cache", _int, 32, "decoded record files of a Parquet reference set kept in memory "
+           "(least recently used dropped first; each costs about 9 bytes per reference it holds)", "N"),
     # Tree presentation
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
@@ -213,6 +216,7 @@ class MountConfig:
     block_size: int = 1 << 20
     max_request: int = 8 << 20
     readahead: int = 32 << 20
+    record_cache: int = 32
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222
@@ -241,6 +245,8 @@ class MountConfig:
             raise ConfigError("option timeout: must be positive")
         if self.retries < 1:
             raise ConfigError("option retries: must be at least 1")
+        if self.record_cache < 0:
+            raise ConfigError("option record_cache: must be 0 or more record files")
         if self.max_concurrency < 1:
             raise ConfigError("option max_concurrency: must be at least 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -519,7 +519,7 @@ def open_tree(config: Any) -> ServedTree:
 
     def build(source: SetSource) -> RefFilesystem:
         loaded_at = time.monotonic()
-        info, namespace = open_reference_set(source.url, storage)
+        info, namespace = open_reference_set(source.url, storage, record_cache=config.record_cache)
         backend.remember_sources(info.sources)
         mtime = info.mtime
         refused = sorted({url for url in namespace.urls if not options.policy.permits(url)})

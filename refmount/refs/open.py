@@ -2,7 +2,8 @@
 
 * A directory (local, or a prefix on an object store) holding ``.zmetadata``
   is fsspec's Parquet layout; a URL naming the ``.zmetadata`` file itself
-  means its directory. Only ``.zmetadata`` is read now
+  means its directory. Where nothing answers at the set's own URL (HTTP has
+  no directories), ``<url>/.zmetadata`` is looked for before giving up. Only ``.zmetadata`` is read now
   (:class:`~refmount.refs.parquet.ParquetNamespace`).
 * Anything else is a kerchunk JSON file (optionally compressed), parsed in
   full and kept in the compact column form of
@@ -58,7 +59,16 @@ def detect_format(url: str, storage_options: dict | None = None) -> tuple[Format
     if path.rsplit("/", 1)[-1] == ZMETADATA:
         path = path.rsplit("/", 1)[0]
         return "parquet", fs, path, _info(fs, f"{path}/{ZMETADATA}", shown, options)
-    info = source._call(lambda: fs.info(path), "look up", shown, options)
+    try:
+        info = source._call(lambda: fs.info(path), "look up", shown, options)
+    except ConfigError as missing:
+        # Stores without directories (HTTP) know only the files of a Parquet set, not its root.
+        meta_path = f"{path}/{ZMETADATA}"
+        try:
+            meta_info = fs.info(meta_path)
+        except Exception:  # noqa: BLE001 - the set's own URL gave the meaningful error
+            raise missing from None
+        return "parquet", fs, path, meta_info
     if info.get("type") == "directory":
         try:
             meta_info = fs.info(f"{path}/{ZMETADATA}")

@@ -18,11 +18,12 @@ lives in record file ``n // N``, row ``n % N``. A row is
 * otherwise ``size`` bytes of ``path`` at ``offset``.
 
 Mounting reads ``.zmetadata`` only, so a set of any size mounts in the time of
-one small GET. A chunk lookup loads the one record file holding it into a
-byte-bounded LRU of decoded records (URLs dictionary-encoded and interned,
-offsets and sizes in numpy arrays); a stat of one chunk therefore loads at
-most one record file. Listing a field walks its record files one at a time
-and streams the names of the rows that exist.
+one small GET. A chunk lookup loads the one record file holding it into an
+LRU of decoded records holding at most ``record_cache`` of them (URLs
+dictionary-encoded and interned, offsets and sizes in numpy arrays); a stat
+of one chunk therefore loads at most one record file. Listing a field walks
+its record files one at a time (decoding the next one in the background) and
+streams the names of the rows that exist.
 
 Served bytes match fsspec's ``ReferenceFileSystem``: metadata documents as
 ``json.dumps(document)`` and ``.zmetadata`` as the file's own bytes. Chunk
@@ -61,8 +62,8 @@ __all__ = [
     "record_path",
 ]
 
-#: Decoded record files kept in memory, in bytes (about 20 bytes per row).
-DEFAULT_RECORD_CACHE = 48 << 20
+#: Decoded record files kept in memory (option ``record_cache``); each costs about 9 bytes per row.
+DEFAULT_RECORD_CACHE = 32
 
 ZMETADATA = ".zmetadata"
 
@@ -147,61 +148,135 @@ class _Field:
     records: int
 
 
+def _narrowest(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers in uint32 when they all fit (half of int64), else unchanged."""
+    if values.size == 0 or (int(values.min()) >= 0 and int(values.max()) < 2**32):
+        return values.astype(np.uint32)
+    return values
+
+
+def _code_type(urls: int) -> type:
+    """The smallest signed integer type holding URL ids 0..urls-1 and -1 for "no URL"."""
+    if urls < 2**7:
+        return np.int8
+    if urls < 2**15:
+        return np.int16
+    return np.int32
+
+
+def _valid(chunk: Any) -> np.ndarray:
+    """Which rows of an Arrow array are not null, read off its validity bitmap.
+
+    Record columns are read through their buffers only: Arrow's own
+    conversions (``to_numpy``, compute functions) initialise machinery on
+    first use that keeps some 30 MB of the daemon's memory resident for good.
+    """
+    if chunk.null_count == 0:
+        return np.ones(len(chunk), dtype=bool)
+    if chunk.null_count == len(chunk):
+        return np.zeros(len(chunk), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(chunk.buffers()[0], dtype=np.uint8), bitorder="little")
+    return bits[chunk.offset : chunk.offset + len(chunk)].astype(bool)
+
+
+def _values(chunk: Any, fill: int) -> np.ndarray:
+    """The integers of an Arrow integer array as int64, ``fill`` where null (see :func:`_valid`)."""
+    import pyarrow as pa
+
+    kind = chunk.type
+    dtype = np.dtype(f"{'i' if pa.types.is_signed_integer(kind) else 'u'}{kind.bit_width // 8}")
+    if len(chunk) == chunk.null_count:
+        return np.full(len(chunk), fill, dtype=np.int64)
+    values = np.frombuffer(chunk.buffers()[1], dtype=dtype)[chunk.offset : chunk.offset + len(chunk)]
+    if not chunk.null_count:
+        return values.astype(np.int64, copy=False)  # a view of Arrow's buffer when already int64
+    values = values.astype(np.int64)
+    values[~_valid(chunk)] = fill
+    return values
+
+
+#: Columns of a record file that references are made of; anything else in it is not read.
+RECORD_COLUMNS = ("path", "offset", "size", "raw")
+
+
 class _Record:
-    """One decoded record file: which rows exist and what they point at."""
+    """One decoded record file: which rows exist and what they point at.
+
+    Only numpy arrays of the narrowest integer type are kept (URL ids in one
+    byte for up to 127 distinct URLs, offsets and sizes in four bytes when
+    they fit): about 9 bytes per row. The Arrow table is kept only for the
+    ``raw`` column of a record holding inline rows.
+    """
 
     __slots__ = ("url_codes", "urls", "offsets", "sizes", "raw", "raw_valid", "nbytes", "rows")
 
     def __init__(self, table: Any, intern: Callable[[str], str], where: str) -> None:
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         self.rows = table.num_rows
         columns = set(table.column_names)
+        self.url_codes, self.urls = np.full(self.rows, -1, np.int8), []
         if "path" in columns:
-            path = table.column("path").combine_chunks()
-            if not pa.types.is_dictionary(path.type):
-                if not (pa.types.is_string(path.type) or pa.types.is_large_string(path.type) or pa.types.is_null(path.type)):
-                    raise InvalidReferences(f"{where}: column 'path' has type {path.type}, not string")
-                path = path.cast(pa.string()).dictionary_encode() if not pa.types.is_null(path.type) else None
-            if path is not None:
-                self.url_codes = np.array(
-                    pc.fill_null(path.indices, -1).to_numpy(zero_copy_only=False), np.int32, copy=True
-                )
-                self.urls = [intern(u) for u in path.dictionary.to_pylist()]
-            else:
-                self.url_codes, self.urls = np.full(self.rows, -1, np.int32), []
-        else:
-            self.url_codes, self.urls = np.full(self.rows, -1, np.int32), []
-        self.offsets = self._integers(table, "offset", where)
-        sizes = self._integers(table, "size", where)
-        self.sizes = sizes.astype(np.uint32) if sizes.size == 0 or (sizes.min() >= 0 and sizes.max() < 2**32) else sizes
+            path = table.column("path")
+            kind = path.type.value_type if pa.types.is_dictionary(path.type) else path.type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+                raise InvalidReferences(f"{where}: column 'path' has type {path.type}, not string")
+            if not pa.types.is_null(path.type) and path.null_count < self.rows:
+                self._decode_paths(path, intern)
+        self.offsets = _narrowest(self._integers(table, "offset", where))
+        self.sizes = _narrowest(self._integers(table, "size", where))
         self.raw = None
         self.raw_valid = None
         if "raw" in columns:
-            raw = table.column("raw").combine_chunks()
+            raw = table.column("raw")
             if raw.null_count < len(raw):
                 self.raw = raw
-                self.raw_valid = raw.is_valid().to_numpy(zero_copy_only=False)
+                self.raw_valid = np.concatenate([_valid(chunk) for chunk in raw.chunks])
         self.nbytes = 256 + self.url_codes.nbytes + self.offsets.nbytes + self.sizes.nbytes + (
             self.raw.nbytes + self.raw_valid.nbytes if self.raw is not None else 0
         )
 
+    def _decode_paths(self, path: Any, intern: Callable[[str], str]) -> None:
+        """URL ids per row (-1 for null) against one list of interned URLs, whatever the chunking."""
+        import pyarrow as pa
+
+        chunks = path.chunks
+        if not pa.types.is_dictionary(path.type):  # read_dictionary makes this rare: encode once here
+            import pyarrow.compute as pc
+
+            chunks = [pc.dictionary_encode(path.combine_chunks().cast(pa.string()))]
+        index: dict[str, int] = {}
+        parts = []
+        for chunk in chunks:
+            local = [-1 if url is None else index.setdefault(intern(url), len(index))
+                     for url in chunk.dictionary.to_pylist()]
+            mapping = np.array(local + [-1], dtype=np.int32)  # the last slot maps null rows
+            indices = _values(chunk.indices, fill=len(local))
+            parts.append(mapping[indices])
+        codes = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        self.urls = list(index)
+        self.url_codes = codes.astype(_code_type(len(self.urls)))
+
     def _integers(self, table: Any, name: str, where: str) -> np.ndarray:
-        import pyarrow.compute as pc
+        import pyarrow as pa
 
         if name not in table.column_names:
             return np.zeros(self.rows, np.int64)
         column = table.column(name)
-        try:
-            return np.array(pc.fill_null(column, 0).to_numpy(), dtype=np.int64, copy=True)
-        except Exception as exc:  # noqa: BLE001 - any unusable column is a bad reference set
-            raise InvalidReferences(f"{where}: column {name!r} is not integer ({exc})") from None
+        if pa.types.is_null(column.type):
+            return np.zeros(self.rows, np.int64)
+        if not pa.types.is_integer(column.type):
+            raise InvalidReferences(f"{where}: column {name!r} has type {column.type}, not integer")
+        parts = [_values(chunk, fill=0) for chunk in column.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def present(self, count: int) -> np.ndarray:
+        """Exactly ``count`` flags: rows past the end of a short record file are absent."""
         mask = self.url_codes[:count] >= 0
         if self.raw_valid is not None:
             mask |= self.raw_valid[:count]
+        if len(mask) < count:
+            mask = np.concatenate([mask, np.zeros(count - len(mask), dtype=bool)])
         return mask
 
     def reference(self, row: int) -> Reference | None:
@@ -227,6 +302,7 @@ def _use_system_allocator() -> None:
     with every record file loaded, while malloc hands it back.
     """
     import pyarrow as pa
+    import pyarrow.parquet  # noqa: F401 - imported at mount time, not during the first listing or stat
 
     pa.set_memory_pool(pa.system_memory_pool())
     _fixed_mmap_threshold()
@@ -270,7 +346,9 @@ class ParquetNamespace:
     """The tree of a Parquet reference set; record files are loaded on demand.
 
     ``fs`` is an fsspec filesystem and ``root`` the set's directory on it.
-    ``record_cache`` bounds the decoded records kept, in bytes.
+    ``record_cache`` is how many decoded record files are kept (least
+    recently used first out); 0 keeps none, so every lookup reads its record
+    file again.
     """
 
     def __init__(
@@ -320,9 +398,12 @@ class ParquetNamespace:
                 grid = chunk_grid(document, field)
                 total = math.prod(grid)
                 self._fields[field] = _Field(field, grid, total, math.ceil(total / self.record_size))
-        self._records: LRUCache[tuple[str, int], Any] = LRUCache(maxsize=record_cache, getsizeof=lambda r: r.nbytes)
+        if type(record_cache) is not int or record_cache < 0:
+            raise ValueError(f"record_cache must be a non-negative number of record files, got {record_cache!r}")
+        self._records: LRUCache[tuple[str, int], Any] = LRUCache(maxsize=record_cache)
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._lock = threading.Lock()
+        self._prefetcher: Any = None
         self._urls: dict[str, str] = {}
         self._extents: dict[str, int] = {}
         self.records_loaded = 0
@@ -348,11 +429,47 @@ class ParquetNamespace:
                 with self._lock:
                     try:
                         self._records[key] = record
-                    except ValueError:  # larger than the whole cache: use it once
+                    except ValueError:  # a cache of 0 record files: use it once
                         pass
             with self._lock:
                 self._loading.pop(key, None)
         return record
+
+    def _prefetch(self, field: _Field, number: int) -> None:
+        """Load a record file in the background; whoever asks for it meanwhile waits for this load.
+
+        Only a listing prefetches (the next record file of the field it walks),
+        and only when the cache can hold that record beside the one being listed.
+        """
+        key = (field.name, number)
+        with self._lock:
+            if self._records.maxsize < 2 or key in self._records or key in self._loading:
+                return
+            loading = self._loading[key] = threading.Lock()
+            loading.acquire()
+            if self._prefetcher is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="record-prefetch")
+
+        def load() -> None:
+            try:
+                record = self._load(field, number)
+                with self._lock:
+                    self._records[key] = record
+            except Exception as exc:  # noqa: BLE001 - the listing loads it again itself and reports the failure
+                log.debug("prefetch of %s record %d failed: %s", field.name, number, exc)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+                loading.release()
+
+        try:
+            self._prefetcher.submit(load)
+        except RuntimeError:  # shutting down: the listing loads it itself
+            with self._lock:
+                self._loading.pop(key, None)
+            loading.release()
 
     def _load(self, field: _Field, number: int) -> Any:
         import pyarrow as pa
@@ -369,7 +486,11 @@ class ParquetNamespace:
         except Exception as exc:  # noqa: BLE001 - any store failure is EIO for the chunk asked
             raise BackendError(f"could not read record file {where}: {type(exc).__name__}: {exc}") from None
         try:
-            table = pq.read_table(pa.BufferReader(data), use_threads=False)  # one thread: no extra malloc arenas
+            parquet = pq.ParquetFile(pa.BufferReader(data), read_dictionary=["path"])
+            wanted = [name for name in RECORD_COLUMNS if name in parquet.schema_arrow.names]
+            # the URL column stays dictionary-encoded (no string per row); one thread: no extra malloc arenas
+            table = parquet.read(columns=wanted, use_threads=False)
+            del parquet, data
         except Exception as exc:  # noqa: BLE001 - corrupt or foreign files
             raise InvalidReferences(f"record file {where} is not readable Parquet: {exc}") from None
         record = _Record(table, self._intern, where)
@@ -386,7 +507,8 @@ class ParquetNamespace:
         if not ranged.any():
             return
         ends = np.zeros(len(record.urls), dtype=np.int64)
-        np.maximum.at(ends, record.url_codes[ranged], record.offsets[ranged] + record.sizes[ranged])
+        reaches = record.offsets[ranged].astype(np.int64) + record.sizes[ranged]  # int64: no uint32 overflow
+        np.maximum.at(ends, record.url_codes[ranged], reaches)
         with self._lock:
             for code, end in enumerate(ends.tolist()):
                 url = record.urls[code]
@@ -432,12 +554,25 @@ class ParquetNamespace:
         return itertools.chain(names, self._chunk_names(field)) if field is not None else iter(names)
 
     def _chunk_names(self, field: _Field) -> Iterator[str]:
+        """Chunk names of the rows that exist, one record file loaded at a time.
+
+        Built from C iterators only (names from ``product``/``join``, rows
+        kept by ``compress``, records joined by ``chain``), so no Python frame
+        runs per name: a million-chunk listing costs about a tenth of a second
+        here, and the rest is the kernel and FUSE.
+        """
         labels = [list(map(str, range(size))) for size in field.grid]
         names = map(".".join, itertools.product(*labels))
-        for number in range(field.records):
+
+        def record_names(number: int) -> Iterator[str]:
+            if number + 1 < field.records:
+                self._prefetch(field, number + 1)  # decoded while this record's names are listed
             count = min(self.record_size, field.total - number * self.record_size)
             present = self._record(field, number).present(count)
-            yield from itertools.compress(itertools.islice(names, count), present.tolist())
+            rows = itertools.islice(names, count)  # consumed in full before the next record's
+            return rows if present.all() else itertools.compress(rows, present.tolist())
+
+        return itertools.chain.from_iterable(map(record_names, range(field.records)))
 
     def iter_references(self) -> Iterator[tuple[str, Reference]]:
         """Every (key, reference): metadata, then each field's chunks record by record."""
@@ -487,6 +622,12 @@ class ParquetNamespace:
     @property
     def directory_count(self) -> int:
         return len(self._children)
+
+    @property
+    def records_cached(self) -> int:
+        """How many decoded record files are held now (at most ``record_cache``)."""
+        with self._lock:
+            return len(self._records)
 
     @property
     def record_files(self) -> int:
