@@ -301,8 +301,11 @@ class FsspecBackend:
         return size
 
     def known_size(self, url: str) -> int | None:
-        """The object's size if the store reports one; checks the object at first access."""
-        self.filesystem(url)
+        """The object's size if the store reports one; checks the object at first access.
+
+        Called on every read: after the first, the answer comes from the facts
+        seen then (the lookup that found them already enforced the URL policy).
+        """
         return self.guard.check(url).size
 
     def close(self) -> None:
