@@ -105,7 +105,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # Cache and reading
     Option("cache_size", parse_size, 1 << 30, "memory budget of the block cache (e.g. 512M, 4G)", "SIZE"),
-    Option("block_size", parse_size, 1 << 20, "unit of caching and fetching in each object's byte space", "SIZE"),
+    Option("block_size", parse_size, 256 << 10, "unit of caching and fetching in each object's byte space (adjacent blocks are fetched together)", "SIZE"),
     Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
     Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file "
            "read from its start (0 disables)", "SIZE"),
@@ -213,7 +213,7 @@ class MountConfig:
     max_concurrency: int = 32
     allow: tuple[str, ...] = ()
     cache_size: int = 1 << 30
-    block_size: int = 1 << 20
+    block_size: int = 256 << 10
     max_request: int = 8 << 20
     readahead: int = 32 << 20
     record_cache: int = 32
