@@ -18,7 +18,6 @@ then prints the outcome the daemon recorded.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -130,7 +129,9 @@ def read_stats(mountpoint: str, *, timeout: float = 10.0) -> dict[str, Any]:
             while chunk := channel.recv(1 << 16):
                 chunks.append(chunk)
         except (ConnectionRefusedError, FileNotFoundError):
-            if _is_stale(mountpoint):
+            from .daemon import is_stale_mount
+
+            if is_stale_mount(mountpoint):
                 raise ConfigError(f"{mountpoint} is a stale mount: its daemon died (refmount umount {mountpoint})") from None
             raise ConfigError(f"{mountpoint} is not a running refmount mount") from None
         except OSError as exc:
@@ -139,14 +140,6 @@ def read_stats(mountpoint: str, *, timeout: float = 10.0) -> dict[str, Any]:
     if "error" in figures:
         raise ConfigError(f"cannot read figures of {mountpoint}: {figures['error']}")
     return figures
-
-
-def _is_stale(path: str) -> bool:
-    try:
-        os.statvfs(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
 
 
 def format_stats(figures: dict[str, Any]) -> str:

@@ -71,6 +71,19 @@ def reference_storage_options(config: MountConfig) -> dict:
     return options
 
 
+#: What the kernel answers for a FUSE mount whose daemon died.
+STALE_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def is_stale_mount(path: str) -> bool:
+    """Whether ``path`` is a mount whose daemon died (statfs asks the daemon; stat may be cached)."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno in STALE_MOUNT_ERRNOS
+    return False
+
+
 def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
     """Refuse a mountpoint that is missing, in use, stale or (unless asked) not empty."""
     try:
@@ -79,7 +92,7 @@ def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
             # The kernel answers stat from cached attributes even for a dead daemon; statfs always asks it.
             os.statvfs(path)
     except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+        if exc.errno in STALE_MOUNT_ERRNOS:
             if force:
                 log.warning("%s is a stale mount of a daemon that died; unmounting it", path)
                 unmount(path, lazy=True)

@@ -522,12 +522,16 @@ def open_tree(config: Any) -> ServedTree:
         info, namespace = open_reference_set(source.url, storage, record_cache=config.record_cache)
         backend.remember_sources(info.sources)
         mtime = info.mtime
-        refused = sorted({url for url in namespace.urls if not options.policy.permits(url)})
+        allowed: list[str] = []
+        refused: list[str] = []
+        for url in namespace.urls:  # one policy check per URL, for the warning and for connect()
+            (allowed if options.policy.permits(url) else refused).append(url)
+        refused.sort()
         if refused:
             log.warning("%s: %d referenced URL(s) are not allowed and will read as EACCES, e.g. %s: %s",
                         source.name or redact_url(source.url), len(refused), redact_url(refused[0]),
                         options.policy.reason(refused[0]))
-        backend.connect(itertools.islice((url for url in namespace.urls if options.policy.permits(url)), 10_000))
+        backend.connect(allowed)
         reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
         shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url)
         fs = RefFilesystem(shown, view_reader, owner, mtime)

@@ -40,7 +40,6 @@ class Reader:
         self.namespace = namespace
         self.cache = cache
         self.backend = backend
-        self.readahead = readahead
         self.metrics = metrics or cache.metrics
         # Readahead beyond a fraction of the cache would evict itself (and other readers' blocks)
         # before it is read: a small cache gets a small window.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from hypothesis import given, settings
@@ -106,9 +108,16 @@ def _chunked_object(tmp_path, chunks: int, chunk_size: int) -> tuple[bytes, Name
     return data, Namespace(parse_references(refs))
 
 
-def _reader(namespace: Namespace, backend: CountingBackend, readahead: int, block: int = 256 * KIB) -> Reader:
-    cache = BlockCache(backend, capacity=64 * MIB, block_size=block, max_request=MIB)
-    return Reader(namespace, cache, backend, readahead=readahead)
+@contextlib.contextmanager
+def _reader(namespace: Namespace, backend: CountingBackend, readahead: int) -> Iterator[Reader]:
+    """A reader over 256 KiB blocks, closed with its backend whatever the test does."""
+    cache = BlockCache(backend, capacity=64 * MIB, block_size=256 * KIB, max_request=MIB)
+    reader = Reader(namespace, cache, backend, readahead=readahead)
+    try:
+        yield reader
+    finally:
+        reader.close()
+        backend.inner.close()
 
 
 def _read_whole(reader: Reader, namespace: Namespace, key: str, size: int) -> bytes:
@@ -131,8 +140,7 @@ def test_the_first_read_of_a_chunk_file_puts_the_whole_chunk_in_flight(tmp_path)
     chunk_size = 2 * MIB
     data, namespace = _chunked_object(tmp_path, 2, chunk_size)
     backend = CountingBackend(delay=0.05)
-    reader = _reader(namespace, backend, readahead=8 * MIB)
-    try:
+    with _reader(namespace, backend, readahead=8 * MIB) as reader:
         assert reader.read(namespace.lookup("v/0"), 0, PIECE) == data[:PIECE]
         deadline = time.monotonic() + 10
         while _covered(backend) < chunk_size and time.monotonic() < deadline:
@@ -141,36 +149,25 @@ def test_the_first_read_of_a_chunk_file_puts_the_whole_chunk_in_flight(tmp_path)
         assert _read_whole(reader, namespace, "v/0", chunk_size) == data[:chunk_size]
         starts = [start for _, rng in backend.requests for start in range(rng.start, rng.stop, 256 * KIB)]
         assert len(starts) == len(set(starts)), "a block was fetched twice"
-    finally:
-        reader.close()
-        backend.inner.close()
 
 
 def test_without_readahead_only_the_blocks_read_are_fetched(tmp_path):
     chunk_size = 2 * MIB
     data, namespace = _chunked_object(tmp_path, 2, chunk_size)
     backend = CountingBackend()
-    reader = _reader(namespace, backend, readahead=0)
-    try:
+    with _reader(namespace, backend, readahead=0) as reader:
         file = namespace.lookup("v/1")
         assert reader.read(file, 0, PIECE) == data[chunk_size : chunk_size + PIECE]
         assert [(r.start, r.stop) for _, r in backend.requests] == [(chunk_size, chunk_size + 256 * KIB)]
-    finally:
-        reader.close()
-        backend.inner.close()
 
 
 def test_concurrent_whole_chunk_readers_get_every_byte_with_each_block_fetched_once(tmp_path):
     chunk_size = 1 * MIB
     data, namespace = _chunked_object(tmp_path, 24, chunk_size)
     backend = CountingBackend(delay=0.01)
-    reader = _reader(namespace, backend, readahead=8 * MIB)
-    try:
+    with _reader(namespace, backend, readahead=8 * MIB) as reader:
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda i: _read_whole(reader, namespace, f"v/{i}", chunk_size), range(24)))
         assert b"".join(got) == data
         starts = [start for _, rng in backend.requests for start in range(rng.start, rng.stop, 256 * KIB)]
         assert len(starts) == len(set(starts)) == len(data) // (256 * KIB), backend.requests
-    finally:
-        reader.close()
-        backend.inner.close()
