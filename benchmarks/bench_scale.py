@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.mounting import mounted  # noqa: E402
+from tests.support.mounting import mounted  # noqa: E402
 
 RECORD_SIZE = 100_000
 URLS = [f"s3://bucket/archive/file{i:03d}.nc" for i in range(100)]

@@ -23,12 +23,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from refmount.config import parse_size  # noqa: E402
-from refmount.localstore import LocalS3  # noqa: E402
 from speed_data import build  # noqa: E402
 from speed_infra import ProxyProcess, force_unmount  # noqa: E402
 from speed_report import plot, table, targets, write_json  # noqa: E402
 from speed_ways import Bench  # noqa: E402
+
+from refmount.config.options import parse_size  # noqa: E402
+from refmount.devtools.localstore import LocalS3  # noqa: E402
 
 SECTIONS = ("limit", "refmount", "zarr", "concurrent", "random", "listing", "fsspec", "rclone", "s3fs-fuse", "s3fs")
 

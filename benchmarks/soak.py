@@ -211,7 +211,7 @@ def plan(readers: int) -> list[tuple[str, int]]:
 
 
 def run(duration: float, readers: int, data_mib: int, cache_mib: int, workdir: Path | None = None) -> Summary:
-    from tests.mounting import mounted
+    from tests.support.mounting import mounted
 
     base = Path(workdir or tempfile.mkdtemp(prefix="refmount-soak-"))
     refs_path = build_dataset(base, data_mib)

@@ -24,7 +24,14 @@ from typing import Any, Callable, Iterator
 
 from speed_data import BUCKET, Chunk, Datasets
 from speed_infra import (
-    HERE, MountFailed, ProxyProcess, RssSampler, clean_env, drop_page_cache, foreground_mount, percentile,
+    HERE,
+    MountFailed,
+    ProxyProcess,
+    RssSampler,
+    clean_env,
+    drop_page_cache,
+    foreground_mount,
+    percentile,
 )
 
 MiB = 1 << 20

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from refmount.localstore import LocalS3, LocalS3Error
-
-from .support.http_range_server import RangeHTTPServer
-from .support.s3proxy import S3Proxy
+from refmount.devtools.localstore import LocalS3, LocalS3Error
+from tests.support.http_range_server import RangeHTTPServer
+from tests.support.s3proxy import S3Proxy
 
 # The session's store, so a failing test's report can carry the server log.
 _STORE: LocalS3 | None = None

@@ -32,8 +32,8 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from refmount.errors import InvalidReferences, NotADirectory, NotFound
-from refmount.namespace import Dir, File, Namespace, Node
 from refmount.refs.model import Inline, Range, Reference, Whole
+from refmount.refs.tree import Dir, File, Namespace, Node
 
 __all__ = ["CompactNamespace"]
 

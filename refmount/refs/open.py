@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -27,6 +26,7 @@ from refmount.errors import ConfigError
 from refmount.refs import source
 from refmount.refs.compact import CompactNamespace
 from refmount.refs.parquet import DEFAULT_RECORD_CACHE, ZMETADATA, ParquetNamespace
+from refmount.urls import absolute_path, is_plain_path, redact_url
 
 __all__ = ["ReferenceSetInfo", "detect_format", "open_reference_set"]
 
@@ -50,9 +50,9 @@ def detect_format(url: str, storage_options: dict | None = None) -> tuple[Format
     ``info`` is the backend's description of the JSON file or of ``.zmetadata``.
     """
     options = dict(storage_options or {})
-    shown = source.redact_url(url)
-    if source._is_local_path(url):
-        url = os.path.abspath(os.path.expanduser(url))
+    shown = redact_url(url)
+    if is_plain_path(url):
+        url = absolute_path(url)
         shown = url
     fs, path = source._filesystem(url, shown, options)
     path = path.rstrip("/") or path
@@ -95,9 +95,8 @@ def open_reference_set(
     """Load the set at ``url`` (path or fsspec URL) into a namespace, choosing the format itself."""
     options = dict(storage_options or {})
     kind, fs, path, info = detect_format(url, options)
-    if source._is_local_path(url):
-        url = os.path.abspath(os.path.expanduser(url))
-    shown = source.redact_url(url)
+    url = absolute_path(url)
+    shown = redact_url(url)
     mtime = source.mtime_from_info(info)
     if kind == "parquet":
         meta_path = f"{path}/{ZMETADATA}"

@@ -47,8 +47,9 @@ import numpy as np
 from cachetools import LRUCache
 
 from refmount.errors import BackendError, InvalidReferences, NotADirectory, NotFound
-from refmount.namespace import Dir, File, Namespace, Node
+from refmount.refs.keys import validate_key
 from refmount.refs.model import Inline, Range, Reference, Whole
+from refmount.refs.tree import Dir, File, Namespace, Node
 
 log = logging.getLogger("refmount.refs.parquet")
 
@@ -372,7 +373,6 @@ class ParquetNamespace:
                 self._meta[key] = metadata_bytes(document)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidReferences(f"{self.shown}: metadata cannot be serialised: {exc}", key=key) from None
-        from refmount.refs.keys import validate_key
 
         children: dict[str, set[str]] = {"": set()}
         for key in self._meta:

@@ -19,19 +19,19 @@ import datetime as _dt
 import email.utils
 import gzip
 import lzma
-import os
 import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import fsspec
 
 from refmount.errors import BackendError, ConfigError, InvalidReferences
 from refmount.refs.kerchunk import parse_reference_document
 from refmount.refs.model import Reference
+from refmount.urls import absolute_path, is_plain_path, redact_url
 
 __all__ = ["ReferenceFile", "load_references", "read_reference_file"]
 
@@ -57,8 +57,8 @@ def read_reference_file(url: str, storage_options: dict | None = None) -> Refere
         raise ConfigError(f"reference file URL must be a non-empty string, got {url!r}")
     options = dict(storage_options or {})
     shown = redact_url(url)
-    if _is_local_path(url):
-        url = os.path.abspath(os.path.expanduser(url))
+    if is_plain_path(url):
+        url = absolute_path(url)
         shown = url
     fs, path = _filesystem(url, shown, options)
     info = _call(lambda: fs.info(path), "look up", shown, options)
@@ -92,10 +92,6 @@ def load_references(
 # --------------------------------------------------------------------------
 # Locating the file
 
-
-def _is_local_path(url: str) -> bool:
-    """A path without a protocol (``data/refs.json``, ``/tmp/x.json``) is local."""
-    return "://" not in url and "::" not in url
 
 
 def _filesystem(url: str, shown: str, options: dict[str, Any]) -> tuple[Any, str]:
@@ -167,20 +163,6 @@ def _http_failure(cause: BaseException | None) -> int | None:
         return 0
     return None
 
-
-def redact_url(url: str) -> str:
-    """Remove a password embedded in a URL (``https://user:secret@host``) for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _scrub(message: str, options: Mapping[str, Any]) -> str:

@@ -21,7 +21,12 @@ import numpy as np
 
 from refmount.errors import RefmountError
 from refmount.scan.attrs import convert_attrs
-from refmount.scan.codecs import UnsupportedFilter, ZarrCodecs, map_pipeline, read_pipeline
+from refmount.scan.codecs import (
+    UnsupportedFilter,
+    ZarrCodecs,
+    map_pipeline,
+    read_pipeline,
+)
 from refmount.scan.dtypes import (
     DtypeKind,
     UnrepresentableDtype,
@@ -29,7 +34,15 @@ from refmount.scan.dtypes import (
     encode_fill_value,
     zarr_dtype,
 )
-from refmount.scan.output import chunk_key, dumps, inline_value, meta_key, range_ref, reference_set, zarray
+from refmount.scan.output import (
+    chunk_key,
+    dumps,
+    inline_value,
+    meta_key,
+    range_ref,
+    reference_set,
+    zarray,
+)
 from refmount.scan.sources import canonical_url, open_hdf5
 
 #: Chunks stored in fewer bytes than this are copied into the reference set

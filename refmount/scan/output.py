@@ -121,7 +121,7 @@ def write_json(doc: dict[str, Any], target: str, storage_options: dict[str, Any]
 def write_parquet_set(doc: dict[str, Any], target: str, record_size: int,
                       storage_options: dict[str, Any] | None = None) -> None:
     """Write a reference set in fsspec's Parquet layout (a directory), replacing an earlier scan's output."""
-    from refmount.convert import write_parquet
+    from refmount.cli.convert import write_parquet
     from refmount.refs.kerchunk import parse_references
 
     references = parse_references(doc)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import RequestStats
-from .loopback import LoopbackServer, TrackedHandler
+from tests.support import RequestStats
+from tests.support.loopback import LoopbackServer, TrackedHandler
 
 __all__ = ["RangeHTTPServer", "Misbehaviour"]
 

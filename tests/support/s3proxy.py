@@ -25,8 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import RequestStats
-from .loopback import LoopbackServer, TrackedHandler
+from tests.support import RequestStats
+from tests.support.loopback import LoopbackServer, TrackedHandler
 
 __all__ = ["S3Proxy", "Fault", "FAULT_KINDS"]
 

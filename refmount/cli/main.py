@@ -1,0 +1,264 @@
+"""The ``refmount`` command: argument parsing only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+from refmount import __version__
+from refmount.cli.convert import add_arguments as add_convert_arguments
+from refmount.cli.convert import run as run_convert
+from refmount.cli.fstab import USAGE, install_helpers, translate
+from refmount.cli.inspect import run_inspect
+from refmount.cli.scan import add_arguments as add_scan_arguments
+from refmount.cli.scan import run as run_scan
+from refmount.cli.secretargs import (
+    child_environment,
+    reexec_without_secrets,
+    split_argv,
+    take_from_environment,
+)
+from refmount.config.file import load_config
+from refmount.config.options import (
+    OPTIONS,
+    MountConfig,
+    parse_mount_options,
+    parse_value,
+)
+from refmount.devtools.demo import run_demo
+from refmount.errors import ConfigError, RefmountError
+from refmount.mount import background, control, mountpoint, serve
+
+
+def _add_mount_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per entry of the option table, plus -o for mount-style options."""
+    group = parser.add_argument_group("mount options (also accepted as -o name=value)")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        default = "" if option.default in (None, ()) else f" (default: {_show_default(option.name, option.default)})"
+        if option.is_flag:
+            group.add_argument(flag, dest=option.name, action="store_true", default=None, help=option.help + default)
+            if option.default is True:
+                group.add_argument(
+                    "--no-" + option.name.replace("_", "-"), dest=option.name, action="store_false",
+                    help=f"turn {option.name} off",
+                )
+        else:
+            group.add_argument(flag, dest=option.name, metavar=option.metavar, default=None, help=option.help + default)
+    parser.add_argument(
+        "-o", dest="mount_options", action="append", default=[], metavar="OPTS",
+        help="comma-separated options as mount(8) takes them, e.g. -o cache_size=4G,endpoint_url=http://rgw:8080; "
+        "PROTOCOL.NAME=VALUE passes NAME to that protocol's fsspec filesystem (e.g. s3.requester_pays=true)",
+    )
+
+
+def _show_default(name: str, value: Any) -> str:
+    if name in ("cache_size", "block_size", "max_request", "readahead") and isinstance(value, int):
+        for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value % size == 0:
+                return f"{value // size}{unit}"
+    if name == "umask":
+        return f"{value:03o}"
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refmount",
+        description="Mount kerchunk/fsspec reference sets (virtual Zarr datasets on object storage) "
+        "as a read-only POSIX directory tree.",
+    )
+    parser.add_argument("--version", action="version", version=f"refmount {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser(
+        "mount", help="mount a reference set",
+        description="Mount the reference set REFS (local path or fsspec URL, JSON, optionally .gz/.bz2/.xz/.zst) "
+        "at MOUNTPOINT. Returns once the mount answers, unless --foreground.",
+    )
+    mount.add_argument(
+        "source", metavar="REFS", nargs="?",
+        help="reference set: path or URL (s3://, https://, ...); a directory or URL prefix holding many "
+        "reference sets mounts each as a subdirectory",
+    )
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing empty directory")
+    mount.add_argument(
+        "--config", metavar="FILE",
+        help="TOML file with source, mountpoint and any option below (flags and -o override it)",
+    )
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay attached (for systemd and debugging)")
+    mount.add_argument("--force", action="store_true", help="clean a stale mount left by a daemon that died")
+    _add_mount_options(mount)
+
+    umount = commands.add_parser("umount", help="unmount a refmount tree (also a stale one)")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument("-z", "--lazy", action="store_true", help="detach now, clean up when no longer busy")
+
+    stats = commands.add_parser(
+        "stats", help="print live figures of a running mount",
+        description="Reads, bytes, GETs, cache, errors, latency and open handles of the mount at MOUNTPOINT.",
+    )
+    stats.add_argument("mountpoint", metavar="MOUNTPOINT")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    reload = commands.add_parser(
+        "reload", help="re-read the reference set(s) of a running mount (like SIGHUP)",
+        description="New sets appear, removed sets disappear, changed sets are swapped; open files keep their data.",
+    )
+    reload.add_argument("mountpoint", metavar="MOUNTPOINT")
+    reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reload to finish")
+
+    inspect = commands.add_parser(
+        "inspect", help="load and check a reference set without mounting it",
+        description="Validate a reference set and summarise it: keys, arrays, codecs, objects and bytes referenced.",
+    )
+    inspect.add_argument("source", metavar="REFS")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_mount_options(inspect)
+
+    scan = commands.add_parser(
+        "scan", help="make reference sets from HDF5/NetCDF4 files",
+        description="Scan HDF5 and NetCDF4 files (paths, globs or fsspec URLs) into kerchunk JSON reference sets.",
+    )
+    add_scan_arguments(scan)
+
+    convert = commands.add_parser(
+        "convert", help="convert reference sets between kerchunk JSON and fsspec's Parquet layout",
+        description="Read a reference set (JSON file or Parquet directory, path or URL) and write it in the "
+        "other format. Parquet output is read by fsspec's ReferenceFileSystem and by refmount mount.",
+    )
+
+    add_convert_arguments(convert)
+
+    demo = commands.add_parser(
+        "demo", help="run the whole path on a local object store: scan, mount, list and read",
+        description="Start a throwaway local S3 server (SeaweedFS), write a small NetCDF4 file to it, "
+        "scan it, mount the references and read them with POSIX tools and xarray.",
+    )
+    demo.add_argument("--workdir", help="keep files here instead of a temporary directory")
+    return parser
+
+
+def mount_config(args: argparse.Namespace) -> MountConfig:
+    """Merge the config file, -o options and flags (each overriding the one before) into a MountConfig."""
+    values: dict[str, Any] = {}
+    storage: dict[str, dict[str, Any]] = {}
+    source, mountpoint = args.source, getattr(args, "mountpoint", None)
+    if getattr(args, "config", None):
+
+        file_config = load_config(args.config)
+        values.update(file_config.values)
+        storage = {protocol: dict(options) for protocol, options in file_config.storage_options.items()}
+        source = source or file_config.source
+        mountpoint = mountpoint or file_config.mountpoint
+    if not source:
+        raise ConfigError("no reference set given (REFS argument or 'source' in --config)")
+
+    for text in [*args.mount_options, take_from_environment()]:
+        parsed, per_protocol = parse_mount_options(text)
+        values.update(parsed)
+        for protocol, options in per_protocol.items():
+            storage.setdefault(protocol, {}).update(options)
+    for option in OPTIONS:
+        raw = getattr(args, option.name, None)
+        if raw is not None:
+            values[option.name] = parse_value(option.name, raw)
+    if args.command == "mount" and not mountpoint:
+        raise ConfigError("no mountpoint given (MOUNTPOINT argument or 'mountpoint' in --config)")
+    return MountConfig.build(source, mountpoint or ".", values, storage)
+
+
+def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
+
+    if args.foreground:
+        reexec_without_secrets(argv)  # a daemon never shows credentials in ps; returns when there are none
+        return serve.serve(mount_config(args), force=args.force)
+    forwarded, secrets = split_argv([arg for arg in argv if arg not in ("-f", "--foreground")])
+    env = child_environment(secrets)  # before mount_config takes the inherited ones out of os.environ
+    config = mount_config(args)
+    return background.start_background(forwarded, config.mountpoint, config.log_file, env=env)
+
+
+def _run_umount(args: argparse.Namespace) -> int:
+
+    mountpoint.unmount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in _subcommands(parser):
+        # `refmount SOURCE MOUNTPOINT -o OPTS`: how mount.fuse runs the helper of type fuse.refmount.
+        return mount_helper_main(argv, prog="refmount")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "mount":
+            return _run_mount(args, argv)
+        if args.command == "umount":
+            return _run_umount(args)
+        if args.command in ("stats", "reload"):
+
+            if args.command == "stats":
+                return control.run_stats(args.mountpoint, as_json=args.json)
+            return control.run_reload(args.mountpoint, timeout=args.timeout)
+        if args.command == "inspect":
+
+            return run_inspect(mount_config(args), as_json=args.json)
+        if args.command == "scan":
+
+            return run_scan(args)
+        if args.command == "convert":
+
+            return run_convert(args)
+        if args.command == "demo":
+
+            return run_demo(args.workdir)
+    except RefmountError as exc:
+        print(f"refmount {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `refmount stats | head`: the reader left; say nothing more (stdout is gone).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return 2
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+
+def mount_helper_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``mount.refmount SOURCE MOUNTPOINT [-o OPTIONS]``: what mount(8) and fstab run (see refmount.cli.fstab)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or "mount.refmount"
+    if argv[:1] == ["--install"]:
+        directory = argv[1] if len(argv) > 1 else "/sbin"
+        for line in install_helpers(directory):
+            print(line)
+        return 0
+    try:
+        command, fake = translate(argv)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unreadable config file: one line for mount(8)
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    if command is None:
+        print(f"{prog}: need SOURCE and MOUNTPOINT\n{USAGE}", file=sys.stderr)
+        return 1  # mount(8): incorrect invocation
+    if fake:
+        return 0
+
+    code = main(command)
+    return 0 if code == 0 else 32  # mount(8): mount failure
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

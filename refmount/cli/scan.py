@@ -1,0 +1,236 @@
+"""The ``refmount scan`` subcommand: argument definitions and the runner.
+
+Exit codes: 0 all files scanned; 1 ``--strict`` and something could not be
+represented; 2 bad input (missing file, not HDF5, bad option). Messages go
+to stderr and name the file or option; no tracebacks for expected errors.
+Credentials are never taken from arguments; they come from the
+environment or AWS profiles through fsspec/s3fs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import posixpath
+import sys
+import time
+from typing import Any, TextIO
+
+from refmount.errors import ConfigError, RefmountError
+from refmount.scan.hdf5 import (
+    DEFAULT_DECODED_INLINE_LIMIT,
+    DEFAULT_INLINE_THRESHOLD,
+    ScanReport,
+    StrictScanError,
+    scan_hdf5,
+)
+from refmount.scan.output import (
+    BadURLMap,
+    apply_url_map,
+    parse_url_map,
+    write_json,
+    write_parquet_set,
+)
+from refmount.scan.sources import SourceError, canonical_url, expand_sources
+
+EXIT_OK = 0
+EXIT_STRICT = 1
+EXIT_BAD_INPUT = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the scan subcommand's arguments to ``parser``."""
+    parser.add_argument(
+        "sources", nargs="+", metavar="SOURCE",
+        help="HDF5/NetCDF4 files: local paths, globs, or fsspec URLs (s3://..., https://...); "
+        "globs are expanded locally or through the remote filesystem",
+    )
+    parser.add_argument(
+        "-o", "--output", default="-",
+        help="output file, or directory (existing, ending in '/', or when there are several "
+        "sources) receiving one <name>.json per source; '-' (default) writes to stdout",
+    )
+    parser.add_argument(
+        "--inline-threshold", type=int, default=DEFAULT_INLINE_THRESHOLD, metavar="N",
+        help=f"chunks stored in fewer than N bytes are copied into the reference set "
+        f"(default {DEFAULT_INLINE_THRESHOLD}, as kerchunk); 0 disables inlining",
+    )
+    parser.add_argument(
+        "--decoded-inline-limit", type=int, default=DEFAULT_DECODED_INLINE_LIMIT, metavar="N",
+        help="datasets that cannot be referenced in place (unsupported filter, VDS, ...) are "
+        f"inlined decoded up to N bytes, otherwise skipped (default {DEFAULT_DECODED_INLINE_LIMIT})",
+    )
+    parser.add_argument(
+        "--url-map", action="append", default=[], metavar="PREFIX=REPLACEMENT",
+        help="write REPLACEMENT+rest instead of a source URL starting with PREFIX, e.g. "
+        "/local/copy/=s3://bucket/data/ when scanning a local copy; repeatable, longest prefix wins",
+    )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="treat anything that cannot be represented as an error: no output for that file, exit 1",
+    )
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint URL for s3:// sources")
+    parser.add_argument("--anon", action="store_true", help="access remote sources anonymously (no credentials)")
+    parser.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        help="fsspec storage option for remote sources; VALUE is parsed as JSON when it parses, "
+        "else taken as a string; repeatable",
+    )
+    parser.add_argument(
+        "--format", choices=("json", "parquet"), default="json",
+        help="json: one kerchunk JSON v1 file per source (default); parquet: fsspec's Parquet reference "
+        "layout, one directory per source (<name>.parq in an output directory)",
+    )
+    parser.add_argument("--record-size", type=int, default=10_000, metavar="N",
+                        help="references per Parquet record file (with --format parquet)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr (errors still shown)")
+
+
+def parse_storage_options(items: list[str], endpoint_url: str | None, anon: bool) -> dict[str, Any]:
+    """Build fsspec storage options from the command line."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--storage-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    if anon:
+        options["anon"] = True
+    return options
+
+
+def output_targets(sources: list[str], output: str, suffix: str = ".json") -> list[str]:
+    """Where each source's reference set goes.
+
+    A directory output gets ``<basename>.json`` per source; two sources with
+    the same basename are an error rather than a silent overwrite.
+    """
+    if output == "-":
+        if len(sources) > 1:
+            raise ConfigError("-o -: several sources need an output directory, not stdout")
+        return ["-"]
+    if len(sources) == 1 and not _is_directory(output):
+        return [output]
+    targets = [posixpath.join(output.rstrip("/") or "/", posixpath.basename(s.rstrip("/")) + suffix) for s in sources]
+    dupes = {t for t in targets if targets.count(t) > 1}
+    if dupes:
+        raise ConfigError(f"-o {output}: several sources would write {sorted(dupes)[0]}; scan them into separate directories")
+    return targets
+
+
+def _is_directory(output: str) -> bool:
+    """An output names a directory if it ends in '/' or exists as one."""
+    if output.endswith("/"):
+        return True
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output)
+    return fs.isdir(path)
+
+
+def _prepare_directory(output: str, targets: list[str]) -> None:
+    """Create the output directory when writing several files into it."""
+    if targets == ["-"] or targets == [output]:
+        return
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output)
+    fs.makedirs(path, exist_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the scan subcommand; returns the process exit code."""
+    err: TextIO = sys.stderr
+    try:
+        options = parse_storage_options(args.storage_option, args.endpoint_url, args.anon)
+        url_map = parse_url_map(args.url_map)
+        if args.inline_threshold < 0:
+            raise ConfigError("--inline-threshold must be >= 0")
+        sources = expand_sources(args.sources, options)
+        parquet = getattr(args, "format", "json") == "parquet"
+        if parquet and args.output == "-":
+            raise ConfigError("--format parquet writes a directory: give -o DIRECTORY")
+        targets = output_targets(sources, args.output, ".parq" if parquet else ".json")
+        if parquet and len(targets) == 1 and targets[0] == args.output and args.output.endswith("/"):
+            targets = [args.output.rstrip("/") + "/" + posixpath.basename(sources[0].rstrip("/")) + ".parq"]
+        _prepare_directory(args.output, targets)
+    except (RefmountError, BadURLMap, OSError, ValueError) as exc:
+        print(f"refmount scan: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    code = EXIT_OK
+    reports: list[ScanReport] = []
+    for n, (source, target) in enumerate(zip(sources, targets), 1):
+        file_code, report = _scan_one(args, source, target, options, url_map, n, len(sources), err)
+        code = max(code, file_code)
+        if report is not None:
+            reports.append(report)
+    if not args.quiet and reports:
+        print(format_summary(reports), file=err)
+    return code
+
+
+def _scan_one(
+    args: argparse.Namespace, source: str, target: str, options: dict[str, Any],
+    url_map: list[tuple[str, str]], n: int, total: int, err: TextIO,
+) -> tuple[int, ScanReport | None]:
+    """Scan one source and write its reference set; returns (exit code, report)."""
+    started = time.monotonic()
+    url = apply_url_map(canonical_url(source), url_map)
+    try:
+        result = scan_hdf5(
+            source, storage_options=options, inline_threshold=args.inline_threshold,
+            url=url, strict=args.strict, decoded_inline_limit=args.decoded_inline_limit,
+        )
+        if getattr(args, "format", "json") == "parquet":
+            write_parquet_set(result.refs, target, args.record_size)
+        else:
+            write_json(result.refs, target)
+    except StrictScanError as exc:
+        print(f"refmount scan: --strict: {exc}", file=err)
+        return EXIT_STRICT, exc.result.report
+    except (SourceError, OSError, RefmountError) as exc:
+        print(f"refmount scan: {exc}", file=err)
+        return EXIT_BAD_INPUT, None
+    report = result.report
+    if not args.quiet:
+        where = "stdout" if target == "-" else target
+        print(f"[{n}/{total}] {source} -> {where}: {report.summary()} ({time.monotonic() - started:.2f}s)", file=err)
+        for problem in report.problems:
+            print(f"    {problem}", file=err)
+    return EXIT_OK, report
+
+
+def format_summary(reports: list[ScanReport]) -> str:
+    """Totals over all scanned files, with skip reasons grouped."""
+    skipped: dict[str, int] = {}
+    for r in reports:
+        for reason, count in r.skipped_reasons().items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    lines = [
+        f"scanned {len(reports)} file(s): {sum(r.datasets for r in reports)} datasets, "
+        f"{sum(r.chunks for r in reports)} chunks, {sum(r.bytes_referenced for r in reports)} bytes referenced, "
+        f"{sum(r.inlined_chunks for r in reports)} chunks inlined ({sum(r.bytes_inlined for r in reports)} bytes), "
+        f"{sum(skipped.values())} skipped"
+    ]
+    lines += [f"  skipped {count}x: {reason}" for reason, count in sorted(skipped.items())]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone parser for ``python -m refmount.scan``."""
+    parser = argparse.ArgumentParser(
+        prog="refmount scan",
+        description="Scan HDF5/NetCDF4 files into kerchunk JSON v1 reference sets.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m refmount.scan``."""
+    return run(build_parser().parse_args(argv))

@@ -1,0 +1,268 @@
+"""Mount options: one definition each, from which flags, ``-o`` options and config keys derive.
+
+Operators meet the same option in three places: ``refmount mount --cache-size 4G``,
+``-o cache_size=4G`` in fstab, and ``cache_size = "4G"`` in a config file. Each
+option is declared once in :data:`OPTIONS` (name, type, default, help), and
+the command line, the ``-o`` parser and the config loader are all generated
+from that table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+from refmount.errors import ConfigError
+from refmount.views.decoded import parse_view as parse
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_TRUE = {"1", "true", "yes", "on", ""}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_size(text: str | int) -> int:
+    """``"4G"``, ``"512MiB"``, ``"1048576"`` -> bytes (binary units, as mount tools use)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 1048576, 64M, 4G)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true/false)")
+
+
+def parse_octal(text: str | int) -> int:
+    if isinstance(text, int):
+        return text
+    return int(str(text), 8)
+
+
+def parse_list(text: str | list[str]) -> tuple[str, ...]:
+    if isinstance(text, (list, tuple)):
+        return tuple(str(item) for item in text)
+    return tuple(item for item in re.split(r"[\s,;|]+", str(text)) if item)
+
+
+def parse_view(text: Any) -> str:
+
+    return parse(text)
+
+
+def _float(text: str | float) -> float:
+    return float(text)
+
+
+def _int(text: str | int) -> int:
+    return int(text)
+
+
+def _str(text: Any) -> str:
+    return str(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One mount option, declared once."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    metavar: str = "VALUE"
+    is_flag: bool = False  # a boolean that may be given without a value
+
+
+OPTIONS: tuple[Option, ...] = (
+    # Backend
+    Option("endpoint_url", _str, None, "S3 endpoint for S3-compatible stores (Ceph RGW, MinIO, SeaweedFS)", "URL"),
+    Option("region", _str, None, "S3 region", "NAME"),
+    Option("profile", _str, None, "AWS profile to take credentials from", "NAME"),
+    Option("anon", parse_bool, False, "access S3 anonymously (public buckets)", is_flag=True),
+    Option("timeout", _float, 30.0, "seconds after which a read that the store does not answer fails with EIO", "SECONDS"),
+    Option("retries", _int, 4, "attempts for a ranged GET that fails with a transient error", "N"),
+    Option("max_concurrency", _int, 32, "ranged GETs in flight at once for one read", "N"),
+    Option(
+        "allow",
+        parse_list,
+        (),
+        "protocols or URL prefixes references may reach (s3,https or s3://archive/; in -o: allow=s3|https); "
+        "default: s3, gs, az, abfs, http(s), and local files only for a local reference set",
+        "LIST",
+    ),
+    # Cache and reading
+    Option("cache_size", parse_size, 1 << 30, "memory budget of the block cache (e.g. 512M, 4G)", "SIZE"),
+    Option("block_size", parse_size, 256 << 10, "unit of caching and fetching in each object's byte space (adjacent blocks are fetched together)", "SIZE"),
+    Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
+    Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file "
+           "read from its start (0 disables)", "SIZE"),
+    Option("record_cache", _int, 32, "decoded record files of a Parquet reference set kept in memory "
+           "(least recently used dropped first; each costs about 9 bytes per reference it holds)", "N"),
+    # Tree presentation
+    Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
+    Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
+    Option("umask", parse_octal, 0o222, "permission bits to clear from 0777 (files lose x as well)", "OCTAL"),
+    Option("view", parse_view, "raw", "raw (chunk bytes as referenced) or decoded (chunks decoded, codec-free "
+           ".zarray, for netCDF-C, GDAL and other readers without the codecs)", "raw|decoded"),
+    # FUSE
+    Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
+    Option("default_permissions", parse_bool, True, "let the kernel check permissions from the modes", is_flag=True),
+    Option("nonempty", parse_bool, False, "allow mounting over a non-empty directory", is_flag=True),
+    Option("attr_timeout", _float, 3600.0, "seconds the kernel may cache attributes (data is immutable)", "SECONDS"),
+    Option("threads", parse_bool, True, "serve FUSE requests from many threads", is_flag=True),
+    Option("xattrs", parse_bool, False, "answer user.refmount.* xattrs (where each key's bytes come from); off "
+           "by default because the kernel then asks the daemon for ACLs and labels on every ls -l", is_flag=True),
+    # Logging
+    Option("log_level", _str, "info", "debug, info, warning or error", "LEVEL"),
+    Option("log_file", _str, None, "write the log here instead of stderr", "PATH"),
+    # Operations
+    Option("idle_unload", _float, 600.0, "seconds after which an unused reference set of a multi-set mount is "
+           "unloaded from memory (0 keeps sets loaded)", "SECONDS"),
+    Option("metrics_port", _int, None, "serve Prometheus metrics on http://metrics_address:PORT/metrics (off unless given)",
+           "PORT"),
+    Option("metrics_address", _str, "127.0.0.1", "address of the Prometheus endpoint (keep it on localhost)", "ADDRESS"),
+)
+
+OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+#: ``-o`` options that mount(8) and fstab pass along and that mean nothing more here.
+IGNORED_MOUNT_OPTIONS = frozenset(
+    {"ro", "rw", "_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "defaults",
+     "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "x-systemd.automount"}
+)
+
+
+def parse_value(name: str, raw: Any) -> Any:
+    """Parse one option value, naming the option when it is wrong."""
+    option = OPTIONS_BY_NAME.get(name)
+    if option is None:
+        raise ConfigError(f"unknown option {name!r}")
+    try:
+        return option.parse(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"option {name}: {exc}") from None
+
+
+def parse_mount_options(text: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Parse ``-o a=1,b,s3.requester_pays=true`` into options and per-protocol storage options.
+
+    A dotted key ``PROTOCOL.NAME`` is passed to that protocol's fsspec
+    filesystem; values that look like JSON scalars are converted.
+    """
+    values: dict[str, Any] = {}
+    storage: dict[str, dict[str, Any]] = {}
+    for item in _split_options(text):
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not key or key in IGNORED_MOUNT_OPTIONS or key.startswith("x-") or key.startswith("comment="):
+            continue
+        if "." in key:
+            protocol, _, name = key.partition(".")
+            storage.setdefault(protocol, {})[name] = _scalar(raw) if sep else True
+            continue
+        option = OPTIONS_BY_NAME.get(key)
+        if option is None:
+            raise ConfigError(f"unknown mount option {key!r} (see refmount mount --help)")
+        if not sep and not option.is_flag:
+            raise ConfigError(f"mount option {key} needs a value ({key}={option.metavar})")
+        values[key] = parse_value(key, raw if sep else True)
+    return values, storage
+
+
+def _split_options(text: str) -> list[str]:
+    """Split ``-o`` text on commas; list values inside it use ``|`` (``allow=s3|https``)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _scalar(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if re.fullmatch(r"-?\d+", raw):
+        return int(raw)
+    if re.fullmatch(r"-?\d+\.\d*", raw):
+        return float(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Everything a mount needs, validated; built once and never changed while mounted."""
+
+    source: str
+    mountpoint: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    anon: bool = False
+    timeout: float = 30.0
+    retries: int = 4
+    max_concurrency: int = 32
+    allow: tuple[str, ...] = ()
+    cache_size: int = 1 << 30
+    block_size: int = 256 << 10
+    max_request: int = 8 << 20
+    readahead: int = 32 << 20
+    record_cache: int = 32
+    uid: int | None = None
+    gid: int | None = None
+    umask: int = 0o222
+    view: str = "raw"
+    allow_other: bool = False
+    default_permissions: bool = True
+    nonempty: bool = False
+    attr_timeout: float = 3600.0
+    threads: bool = True
+    xattrs: bool = False
+    log_level: str = "info"
+    log_file: str | None = None
+    idle_unload: float = 600.0
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    storage_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ConfigError("option block_size: must be positive")
+        if self.cache_size < self.block_size:
+            raise ConfigError("option cache_size: must hold at least one block (block_size)")
+        if self.max_request < self.block_size:
+            raise ConfigError("option max_request: must be at least block_size")
+        if self.timeout <= 0:
+            raise ConfigError("option timeout: must be positive")
+        if self.retries < 1:
+            raise ConfigError("option retries: must be at least 1")
+        if self.record_cache < 0:
+            raise ConfigError("option record_cache: must be 0 or more record files")
+        if self.max_concurrency < 1:
+            raise ConfigError("option max_concurrency: must be at least 1")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"option log_level: {self.log_level!r} is not debug, info, warning or error")
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        uid = os.getuid() if self.uid is None else self.uid
+        gid = os.getgid() if self.gid is None else self.gid
+        return uid, gid
+
+    @classmethod
+    def build(cls, source: str, mountpoint: str, values: Mapping[str, Any],
+              storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> "MountConfig":
+        """Build from parsed option values, ignoring options left at ``None`` (not given)."""
+        known = {f.name for f in fields(cls)}
+        given = {k: v for k, v in values.items() if k in known and v is not None}
+        return cls(source=source, mountpoint=os.path.abspath(mountpoint),
+                   storage_options=dict(storage_options or {}), **given)

@@ -1,0 +1,191 @@
+"""Mount lifecycle: assemble the layers, serve FUSE, signal readiness, unmount.
+
+Foreground is the primitive: ``serve`` loads the reference set, checks the
+mountpoint and blocks in the FUSE loop until unmounted. Background mode
+(``refmount mount`` without ``-f``) starts the same command with
+``--foreground`` as a new session via exec, before any thread exists, and
+returns once the mount answers, or prints the daemon's error and fails;
+nothing ever forks a process that already runs threads.
+
+Signals. Python runs its signal handlers only in the main thread between
+bytecodes, and the main thread sits in libfuse's C loop for the whole
+mount, so handlers would never run. Instead, every signal we handle gets a
+no-op Python handler (which also keeps libfuse from installing its own: it
+only does where the disposition is SIG_DFL), and ``signal.set_wakeup_fd``
+makes the C-level handler write the signal number to a pipe that a watcher
+thread reads. SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount with
+fusermount, which ends the FUSE loop; ``serve`` then closes everything and
+returns 0. SIGHUP: reload the reference set(s). SIGUSR1 dumps every thread's
+stack to the log through faulthandler, which works at C level even when
+the interpreter is stuck. (fusepy resets SIGINT to the default just before
+entering libfuse, so for SIGINT libfuse's own handler ends the loop and
+unmounts: the same outcome, exit 0.)
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import time
+
+from refmount.config.options import MountConfig
+from refmount.errors import RefmountError
+from refmount.fs.fuse_adapter import FuseAdapter, run_fuse
+from refmount.mount.assemble import open_tree
+from refmount.mount.control import ControlServer
+from refmount.mount.logs import setup_logging
+from refmount.mount.mountpoint import check_mountpoint
+from refmount.mount.prometheus import MetricsServer
+from refmount.mount.signals import SignalWatcher
+from refmount.mount.systemd import announce_when_answering, notify_systemd
+from refmount.urls import redact_url
+
+log = logging.getLogger("refmount.daemon")
+
+
+
+
+
+
+
+
+
+
+
+
+#: Kernel name/attribute cache bound for mounts whose tree changes on reload (collections).
+RELOADABLE_TIMEOUT = 1.0
+
+
+def fuse_options(config: MountConfig, *, reloadable: bool = False) -> dict:
+    """libfuse options: read-only, immutable data cached by the kernel, our inode numbers.
+
+    A collection of sets changes on reload, so there the kernel keeps names and
+    attributes only briefly and keeps file data only while size and mtime are
+    unchanged (auto_cache); data of an unchanged set stays in the page cache.
+    """
+    timeout = min(config.attr_timeout, RELOADABLE_TIMEOUT) if reloadable else config.attr_timeout
+    options: dict = {
+        "ro": True,
+        "fsname": "refmount:" + redact_url(config.source).replace(",", "%2C"),
+        "subtype": "refmount",
+        ("auto_cache" if reloadable else "kernel_cache"): True,
+        "use_ino": True,
+        "attr_timeout": timeout,
+        "entry_timeout": timeout,
+        "negative_timeout": timeout,
+        "max_readahead": 1 << 20,
+        "threads": config.threads,
+    }
+    if config.allow_other:
+        options["allow_other"] = True
+    if config.default_permissions:
+        options["default_permissions"] = True
+    if config.nonempty:
+        options["nonempty"] = True
+    return options
+
+
+
+
+
+
+def serve(config: MountConfig, *, force: bool = False) -> int:
+    """Mount in the foreground and block until unmounted; the exit code of ``refmount mount -f``."""
+
+    handler = setup_logging(config.log_level, config.log_file)
+    stream = getattr(handler, "stream", sys.stderr)
+    faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
+    log.debug("options: %s", describe_config(config))
+    started = time.time()
+    try:
+        check_mountpoint(config.mountpoint, nonempty=config.nonempty, force=force)
+        tree = open_tree(config)
+    except RefmountError as exc:
+        log.error("cannot mount %s: %s", redact_url(config.source), exc)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a failed mount must say why, in one line
+        log.error("cannot mount %s: %s: %s", redact_url(config.source), type(exc).__name__, exc)
+        return 2
+
+
+    def report() -> dict:
+        figures: dict = dict(tree.metrics.snapshot())
+        figures.update(tree.router.status())
+        figures.update(pid=os.getpid(), mountpoint=config.mountpoint, source=redact_url(config.source),
+                       uptime_seconds=time.time() - started)
+        return figures
+
+    adapter = FuseAdapter(tree.router, tree.metrics, on_init=announce_when_answering(config.mountpoint),  # type: ignore[arg-type]
+                          stateless_open=not tree.router.collection, xattrs=config.xattrs)
+    metrics_server = None
+    if config.metrics_port is not None:
+
+        try:
+            metrics_server = MetricsServer(report, {"mountpoint": config.mountpoint}, config.metrics_address,
+                                           config.metrics_port).start()
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", config.metrics_address, config.metrics_port, exc.strerror)
+            tree.close()
+            return 2
+    control = ControlServer(config.mountpoint, report, allow_other=config.allow_other).start()
+    watcher = SignalWatcher(config.mountpoint, reload=lambda: _reload(tree))
+    try:
+        run_fuse(adapter, config.mountpoint, fuse_options(config, reloadable=tree.router.collection))
+    except RuntimeError as exc:
+        log.error("cannot mount at %s: libfuse refused (%s); see the lines above", config.mountpoint, exc)
+        return 1
+    finally:
+        watcher.close()
+        control.close()
+        notify_systemd("STOPPING=1")
+        if metrics_server is not None:
+            metrics_server.close()
+        tree.close()
+    log.info("unmounted %s", config.mountpoint)
+    return 0
+
+
+def _reload(tree) -> None:  # type: ignore[no-untyped-def]
+    notify_systemd("RELOADING=1\nSTATUS=reloading")
+    try:
+        result = tree.router.reload()
+    finally:
+        notify_systemd("READY=1\nSTATUS=serving")
+    del result
+
+
+def describe_config(config: MountConfig) -> str:
+    """The effective options for a debug line: storage option values are never shown."""
+    from dataclasses import fields as dataclass_fields
+
+    parts = []
+    for item in dataclass_fields(config):
+        value = getattr(config, item.name)
+        if item.name == "storage_options":
+            value = {protocol: sorted(options) for protocol, options in value.items()}
+        elif item.name == "source":
+            value = redact_url(value)
+        parts.append(f"{item.name}={value}")
+    return " ".join(parts)
+
+
+
+
+# -- background mode ------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+# -- unmounting -----------------------------------------------------------------
+
+

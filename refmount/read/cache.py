@@ -1,0 +1,194 @@
+"""The process-wide block cache: one byte budget, LRU, one fetch per block in flight.
+
+Blocks are keyed by ``(url, block index)`` in the byte space of the object,
+not of the Zarr key, so neighbouring chunks stored in one HDF5 file share
+the blocks they straddle, and a sequential read of many small chunk files
+streams the file underneath.
+
+Concurrency: a reader that misses a block registers a future for it before
+fetching; any other reader that needs the same block waits on that future
+instead of issuing a second GET. Futures are always resolved (with bytes or
+the backend's error) and removed, so a failed fetch is retried by the next
+read rather than remembered.
+
+Each cached block is cut at the *extent* the reader vouches for (the end of
+the furthest reference into that object), so no GET asks for bytes beyond
+what the references describe; a block cached shorter than a later read
+needs is treated as missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Iterable
+
+from cachetools import LRUCache
+
+from refmount.errors import BackendError
+from refmount.metrics import Metrics
+from refmount.read.ranges import (
+    ByteRange,
+    assemble,
+    block_range,
+    blocks_covering,
+    plan_fetches,
+    split_blocks,
+)
+from refmount.store.fsspec_store import RangeReader
+from refmount.urls import redact_url
+
+log = logging.getLogger("refmount.cache")
+
+BlockKey = tuple[str, int]
+
+
+class BlockCache:
+    """Serve byte ranges of URLs from cached blocks, fetching what is missing."""
+
+    def __init__(
+        self,
+        backend: RangeReader,
+        *,
+        capacity: int,
+        block_size: int,
+        max_request: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.backend = backend
+        self.block_size = block_size
+        self.max_request = max_request
+        self.metrics = metrics or Metrics()
+        self._blocks: LRUCache[BlockKey, bytes] = LRUCache(maxsize=capacity, getsizeof=len)
+        self._inflight: dict[BlockKey, Future[bytes]] = {}
+        self._lock = threading.Lock()
+        self.metrics.gauge("cache_bytes", lambda: self._blocks.currsize)
+        self.metrics.gauge("cache_capacity", lambda: self._blocks.maxsize)
+
+    @property
+    def capacity(self) -> int:
+        """The byte budget."""
+        return int(self._blocks.maxsize)
+
+    @property
+    def size(self) -> int:
+        """Bytes currently held."""
+        return int(self._blocks.currsize)
+
+    def read(self, url: str, rng: ByteRange, extent: int) -> bytes:
+        """The bytes of ``rng`` in ``url``; ``extent`` bounds the object part that may be fetched."""
+        if rng.length == 0:
+            return b""
+        extent = self._bounded(url, extent)
+        if rng.stop > extent:
+            raise BackendError(
+                f"{redact_url(url)} [{rng.start}, {rng.stop}): the references reach beyond the end of the object "
+                f"({extent} bytes)"
+            )
+        indices = blocks_covering(rng, self.block_size)
+        found, waiting, mine = self._claim(url, indices, rng)
+        if mine:
+            self._fetch(url, mine, extent)
+        blocks: list[tuple[int, bytes]] = []
+        for index in indices:
+            data = found.get(index)
+            if data is None:
+                future = waiting.get(index) or mine[index]
+                data = future.result()
+                if len(data) < self._needed(index, rng):
+                    # Another reader fetched this block against a shorter extent.
+                    data = self._fetch_now(url, index, extent)
+            blocks.append((index, data))
+        return assemble(rng, blocks, self.block_size)
+
+    def prefetch(self, url: str, rng: ByteRange, extent: int) -> None:
+        """Fetch the missing blocks of ``rng`` without returning them (readahead)."""
+        extent = self._bounded(url, extent)
+        rng = ByteRange(rng.start, min(rng.stop, extent))
+        if rng.length == 0:
+            return
+        _, _, mine = self._claim(url, blocks_covering(rng, self.block_size), rng)
+        if mine:
+            self.metrics.add("prefetches")
+            self._fetch(url, mine, extent)
+
+    def contains(self, url: str, index: int) -> bool:
+        with self._lock:
+            return (url, index) in self._blocks
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+
+    # -- internals ---------------------------------------------------------
+
+    def _bounded(self, url: str, extent: int) -> int:
+        """Cut ``extent`` at the object's real size, so one reference past the end cannot spoil its neighbours' blocks."""
+        known_size = getattr(self.backend, "known_size", None)
+        size = known_size(url) if known_size is not None else None
+        return extent if size is None else min(extent, size)
+
+    def _needed(self, index: int, rng: ByteRange) -> int:
+        """How many bytes of block ``index`` a read of ``rng`` needs to exist."""
+        return min(rng.stop, (index + 1) * self.block_size) - index * self.block_size
+
+    def _claim(
+        self, url: str, indices: Iterable[int], rng: ByteRange
+    ) -> tuple[dict[int, bytes], dict[int, Future[bytes]], dict[int, Future[bytes]]]:
+        """Sort blocks into cached, being fetched by someone else, and to be fetched by us."""
+        found: dict[int, bytes] = {}
+        waiting: dict[int, Future[bytes]] = {}
+        mine: dict[int, Future[bytes]] = {}
+        with self._lock:
+            for index in indices:
+                key = (url, index)
+                data = self._blocks.get(key)
+                if data is not None and len(data) >= self._needed(index, rng):
+                    found[index] = data
+                    continue
+                future = self._inflight.get(key)
+                if future is not None:
+                    waiting[index] = future
+                    continue
+                future = Future()
+                self._inflight[key] = future
+                mine[index] = future
+        hits, misses = len(found), len(mine) + len(waiting)
+        self.metrics.add_many((("cache_hits", hits), ("cache_misses", misses)))
+        if misses:
+            log.debug("cache miss %s blocks %s", url, sorted([*mine, *waiting]))
+        return found, waiting, mine
+
+    def _fetch(self, url: str, mine: dict[int, Future[bytes]], extent: int) -> None:
+        """Fetch the claimed blocks, publish them, and resolve every claimed future."""
+        try:
+            plan = plan_fetches(mine, self.block_size, extent, self.max_request)
+            bodies = self.backend.read_ranges(url, [fetch.span for fetch in plan])
+            with self._lock:
+                for fetch, body in zip(plan, bodies):
+                    for index, data in split_blocks(fetch, body, self.block_size):
+                        self._store((url, index), data)
+                        mine[index].set_result(data)
+                        del self._inflight[(url, index)]
+        except BaseException as exc:
+            with self._lock:
+                for index, future in mine.items():
+                    if not future.done():
+                        future.set_exception(exc)
+                    self._inflight.pop((url, index), None)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _fetch_now(self, url: str, index: int, extent: int) -> bytes:
+        span = block_range(index, self.block_size, extent)
+        data = self.backend.read_ranges(url, [span])[0]
+        with self._lock:
+            self._store((url, index), data)
+        return data
+
+    def _store(self, key: BlockKey, data: bytes) -> None:
+        try:
+            self._blocks[key] = data
+        except ValueError:  # a block larger than the whole budget: serve it, do not keep it
+            pass

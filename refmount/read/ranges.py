@@ -1,0 +1,100 @@
+"""Byte ranges, block arithmetic and the fetch plan: pure functions, no I/O.
+
+The cache stores fixed-size blocks in the byte space of each object URL.
+A read of ``[start, stop)`` needs the blocks that overlap it; the ones not in
+the cache are fetched. Fetching each missing block with its own GET wastes
+round trips on sequential reads, and fetching one huge span wastes bandwidth
+when the missing blocks are far apart, so :func:`plan_fetches` merges runs of
+adjacent missing blocks into one request, capped at ``max_request`` bytes so
+a single slow GET cannot hold up a whole large read, and leaves separate runs
+as separate requests that the backend issues concurrently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from refmount.byterange import ByteRange
+
+
+def clamp_read(offset: int, size: int, file_size: int) -> ByteRange:
+    """The part of a read of ``size`` bytes at ``offset`` that lies inside a file.
+
+    Reads at or past the end yield an empty range; this is the one place where
+    the kernel's request is reconciled with the file's length.
+    """
+    if offset < 0 or size < 0:
+        raise ValueError("negative offset or size")
+    start = min(offset, file_size)
+    return ByteRange(start, min(file_size, start + size))
+
+
+def blocks_covering(rng: ByteRange, block_size: int) -> range:
+    """Indices of the blocks of ``block_size`` bytes that overlap ``rng``."""
+    if rng.length == 0:
+        return range(0)
+    return range(rng.start // block_size, (rng.stop - 1) // block_size + 1)
+
+
+def block_range(index: int, block_size: int, extent: int) -> ByteRange:
+    """The bytes block ``index`` holds, cut at ``extent`` (the known end of the object)."""
+    start = index * block_size
+    return ByteRange(start, max(start, min(start + block_size, extent)))
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """One ranged GET: ``blocks`` consecutive block indices spanning ``span``."""
+
+    span: ByteRange
+    blocks: tuple[int, ...]
+
+
+def plan_fetches(
+    missing: Iterable[int], block_size: int, extent: int, max_request: int
+) -> list[Fetch]:
+    """Merge runs of adjacent missing blocks into requests of at most ``max_request`` bytes.
+
+    ``extent`` is the end of the known part of the object: the last block is
+    cut there, so no request asks for bytes the references do not vouch for.
+    """
+    blocks_per_request = max(1, max_request // block_size)
+    fetches: list[Fetch] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            start = block_range(run[0], block_size, extent).start
+            stop = block_range(run[-1], block_size, extent).stop
+            fetches.append(Fetch(ByteRange(start, stop), tuple(run)))
+            run.clear()
+
+    for index in sorted(set(missing)):
+        if run and (index != run[-1] + 1 or len(run) >= blocks_per_request):
+            flush()
+        run.append(index)
+    flush()
+    return fetches
+
+
+def split_blocks(fetch: Fetch, data: bytes, block_size: int) -> list[tuple[int, bytes]]:
+    """Cut the body of one fetch back into its blocks."""
+    base = fetch.span.start
+    out: list[tuple[int, bytes]] = []
+    for index in fetch.blocks:
+        lo = index * block_size - base
+        out.append((index, data[lo : lo + block_size]))
+    return out
+
+
+def assemble(rng: ByteRange, blocks: Sequence[tuple[int, bytes]], block_size: int) -> bytes:
+    """Join the parts of consecutive blocks that fall inside ``rng``."""
+    parts: list[bytes] = []
+    for index, data in blocks:
+        block_start = index * block_size
+        lo = max(rng.start - block_start, 0)
+        hi = min(rng.stop - block_start, len(data))
+        if hi > lo:
+            parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

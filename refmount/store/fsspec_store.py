@@ -1,0 +1,473 @@
+"""Ranged reads from object stores through fsspec, with retries and a time bound.
+
+The rest of refmount sees only :class:`RangeReader`: "give me these byte
+ranges of this URL" and "how big is this object". The fsspec implementation
+runs the ranges of one call concurrently on fsspec's event loop for
+asynchronous filesystems (s3fs, HTTP), or on a small thread pool for
+synchronous ones (local files). Each range must come back with exactly the
+requested length: a short or oversized body is an error, never data.
+Transient failures are retried with jittered exponential backoff; the whole
+call is bounded by ``timeout`` so a stalled store yields EIO, not a hang.
+
+Every object is checked once, at first access, against the facts recorded
+in the reference set (:mod:`refmount.staleness`), and every later GET on
+HTTP and S3 carries the ETag seen then in ``If-Match``: an object rewritten
+since the references were made answers ESTALE instead of other bytes.
+Local files are re-stated before each read for the same reason.
+
+Which failures are worth another attempt: everything except what a retry
+cannot change: a missing object, denied access, a refused URL, a changed
+object, a client error (4xx other than 408 and 429), and a body *longer*
+than asked (the server ignores Range, and will again). A body cut short is
+retried, unless the object is known to end before the range does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+import fsspec
+from fsspec.asyn import AsyncFileSystem
+from fsspec.implementations.http import HTTPFileSystem
+
+from refmount.byterange import ByteRange
+from refmount.errors import BackendError, ForbiddenURL, NotFound, StaleObject
+from refmount.metrics import Metrics
+from refmount.store.policy import UrlPolicy
+from refmount.store.redirects import guarded_http_options
+from refmount.store.staleness import SourceFacts, SourceGuard, recorded_facts
+from refmount.urls import LOCAL_PROTOCOLS, local_path, protocol_of, redact_url
+
+log = logging.getLogger("refmount.backend")
+
+
+class RangeReader(Protocol):
+    """What the cache needs from an object store."""
+
+    def read_ranges(self, url: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        """The bytes of every range, in order, each exactly ``len(range)`` long."""
+
+    def size(self, url: str) -> int:
+        """The size of the object at ``url``."""
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The backend's share of the mount options."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    anon: bool = False
+    timeout: float = 30.0
+    retries: int = 4
+    max_concurrency: int = 32
+    storage_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    policy: UrlPolicy = field(default_factory=UrlPolicy)
+
+
+class WrongLength(BackendError):
+    """A body whose length is not the one asked for (cut short, or range ignored)."""
+
+    def __init__(self, message: str, *, oversized: bool = False) -> None:
+        super().__init__(message)
+        self.oversized = oversized
+
+
+class ChangedObject(Exception):
+    """The store says the object no longer has the ETag seen at first access (HTTP 412)."""
+
+
+#: HTTP statuses of client errors that a retry can cure.
+_RETRYABLE_4XX = frozenset({408, 429})
+
+
+def stall_timeout(options: BackendOptions) -> float:
+    """Seconds of silence after which one attempt is abandoned, leaving time for the others."""
+    return max(1.0, options.timeout / max(1, options.retries))
+
+
+def filesystem_options(protocol: str, options: BackendOptions, *, redirect_origin: str | None = None) -> dict[str, Any]:
+    """fsspec constructor arguments for ``protocol``: the generic options plus ``-o proto.x=y``.
+
+    HTTP redirects are checked against the URL policy hop by hop (:mod:`refmount.redirects`);
+    ``redirect_origin`` also admits hops that stay on that origin (for the reference set itself).
+    """
+    kwargs: dict[str, Any] = {}
+    if protocol == "s3":
+        client_kwargs: dict[str, Any] = {}
+        if options.endpoint_url:
+            client_kwargs["endpoint_url"] = options.endpoint_url
+        if options.region:
+            client_kwargs["region_name"] = options.region
+        if client_kwargs:
+            kwargs["client_kwargs"] = client_kwargs
+        if options.profile:
+            kwargs["profile"] = options.profile
+        if options.anon:
+            kwargs["anon"] = True
+        # One attempt is one request: the retry loop here owns the retries and the time
+        # budget, and `gets` counts what the store sees (s3fs's own retries: see single_attempt).
+        kwargs["config_kwargs"] = {
+            "connect_timeout": min(10.0, options.timeout),
+            "read_timeout": stall_timeout(options),
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
+            "max_pool_connections": max(10, options.max_concurrency),
+        }
+    elif protocol in ("http", "https"):
+        import aiohttp
+
+        # A response that stops sending is cut after this much silence and retried;
+        # a slow but moving one is not, however long it takes within ``timeout``.
+        kwargs["client_kwargs"] = {
+            "timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10.0, options.timeout), sock_read=stall_timeout(options)
+            )
+        }
+    extra = dict(options.storage_options.get(protocol, {}))
+    if "client_kwargs" in extra and "client_kwargs" in kwargs:
+        extra["client_kwargs"] = {**kwargs["client_kwargs"], **extra["client_kwargs"]}
+    kwargs.update(extra)
+    if protocol in ("http", "https"):
+        guarded_http_options(kwargs, options.policy, redirect_origin)
+    kwargs["skip_instance_cache"] = True
+    return kwargs
+
+
+def single_attempt(fs: fsspec.AbstractFileSystem) -> None:
+    """Switch off a filesystem's own retry loop (s3fs retries SlowDown and resets 5 times by itself).
+
+    Retries nested under the backend's would multiply its attempts and
+    backoff, hide requests from the ``gets`` figure, and leave the time bound
+    to whichever layer gives up last.
+    """
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "s3" in protocols and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind an fsspec/aiohttp/botocore error, if there is one."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        if candidate is None:
+            continue
+        status = getattr(candidate, "status", None)
+        if isinstance(status, int):
+            return status
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(code, int):
+                return code
+    return None
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """fsspec's HTTP lookups report *any* failure (a 503, a reset) as FileNotFoundError; undo that."""
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and cause is not None and not isinstance(cause, FileNotFoundError):
+        if http_status(cause) not in (404, 410):
+            return cause
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth another attempt: timeouts, resets, 5xx, throttling, short bodies."""
+    exc = _unwrap(exc)
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        NotFound, ForbiddenURL, StaleObject, ChangedObject)):
+        return False
+    if isinstance(exc, WrongLength):
+        return not exc.oversized
+    if type(exc).__name__ == "TooManyRedirects":
+        return False  # aiohttp's: a redirect loop stays one
+    status = http_status(exc)
+    if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+        return False
+    if isinstance(exc, (TypeError, AttributeError, NameError, AssertionError)):
+        return False  # a bug, not the network
+    return True
+
+
+class FsspecBackend:
+    """:class:`RangeReader` over any fsspec filesystem."""
+
+    def __init__(
+        self,
+        options: BackendOptions,
+        metrics: Metrics | None = None,
+        *,
+        recorded: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """``recorded``: the reference set's source facts, ``{url: {"size", "etag", "mtime"}}``."""
+        self.options = options
+        self.metrics = metrics or Metrics()
+        self._filesystems: dict[str, fsspec.AbstractFileSystem] = {}
+        self._lock = threading.Lock()
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(options.max_concurrency, 16), thread_name_prefix="refmount-io"
+        )
+        self.guard = SourceGuard(recorded_facts(recorded or {}), self._info, shown=redact_url)
+
+    def remember_sources(self, recorded: Mapping[str, Mapping[str, Any]]) -> None:
+        """Add the source facts of another loaded reference set to the staleness checks."""
+        self.guard.add_recorded(recorded_facts(recorded))
+
+    # -- filesystems -------------------------------------------------------
+
+    def filesystem(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The filesystem serving ``url`` and the path it knows the object by."""
+        policy = self.options.policy
+        if not policy.permits(url):
+            raise ForbiddenURL(f"{redact_url(url)}: {policy.reason(url)}")
+        protocol = protocol_of(url)
+        if protocol in LOCAL_PROTOCOLS and policy.allow:
+            # A prefix vouches for a place, not for where a symbolic link below it leads.
+            real = os.path.realpath(local_path(url))
+            if not policy.permits(real):
+                raise ForbiddenURL(f"{url}: resolves to {real}: {policy.reason(real)}")
+        with self._lock:
+            fs = self._filesystems.get(protocol)
+            if fs is None:
+                try:
+                    fs = fsspec.filesystem(protocol, **filesystem_options(protocol, self.options))
+                except (ImportError, ValueError) as exc:
+                    raise BackendError(f"no usable filesystem for protocol {protocol!r}: {exc}") from None
+                single_attempt(fs)
+                self._filesystems[protocol] = fs
+        return fs, fs._strip_protocol(url)
+
+    def connect(self, urls: Iterable[str]) -> None:
+        """Get each protocol's client ready in the background, before the first read needs it.
+
+        The first request of a fresh S3 client loads botocore's service
+        models and builds a TLS context: a few hundred milliseconds that
+        would otherwise land on the first read of a fresh mount. So one
+        object per protocol is looked up now (the lookup the first read
+        would make anyway to learn its size and ETag). It runs beside the
+        mount, never delaying it; a failure is left for the first read to
+        meet and report.
+        """
+        first_of: dict[str, str] = {}
+        for url in urls:
+            first_of.setdefault(protocol_of(url), url)
+        if first_of:
+            threading.Thread(target=self._connect, args=(list(first_of.values()),), name="refmount-connect",
+                             daemon=True).start()
+
+    def _connect(self, urls: list[str]) -> None:
+        for url in urls:
+            try:
+                self.guard.check(url)
+            except Exception as exc:  # noqa: BLE001 - see connect()
+                log.debug("could not reach %s ahead of the first read: %s", redact_url(url), _describe(exc))
+
+    # -- RangeReader -------------------------------------------------------
+
+    def read_ranges(self, url: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        if not ranges:
+            return []
+        fs, path = self.filesystem(url)
+        facts = self.guard.check(url)
+        deadline = time.monotonic() + self.options.timeout
+        if self._is_async(fs):
+            future = asyncio.run_coroutine_threadsafe(
+                self._read_async(fs, url, path, ranges, deadline, facts), fs.loop
+            )
+            try:
+                return future.result(timeout=self.options.timeout + 1)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise BackendError(f"{redact_url(url)}: no answer within {self.options.timeout:g} s") from None
+        futures = [self._threads.submit(self._read_sync, fs, url, path, r, deadline, facts) for r in ranges]
+        try:
+            return [f.result(timeout=max(0.0, deadline - time.monotonic()) + 1) for f in futures]
+        except concurrent.futures.TimeoutError:
+            raise BackendError(f"{redact_url(url)}: no answer within {self.options.timeout:g} s") from None
+
+    def size(self, url: str) -> int:
+        """The object's size as seen at first access (one lookup per URL, bounded and retried)."""
+        self.filesystem(url)
+        size = self.guard.check(url).size
+        if size is None:
+            raise BackendError(f"{redact_url(url)}: the store does not report the object's size")
+        return size
+
+    def known_size(self, url: str) -> int | None:
+        """The object's size if the store reports one; checks the object at first access.
+
+        Called on every read: after the first, the answer comes from the facts
+        seen then (the lookup that found them already enforced the URL policy).
+        """
+        return self.guard.check(url).size
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals ---------------------------------------------------------
+
+    @staticmethod
+    def _is_async(fs: fsspec.AbstractFileSystem) -> bool:
+        return isinstance(fs, AsyncFileSystem) and fs.asynchronous is False and getattr(fs, "loop", None) is not None
+
+    def _info(self, url: str) -> Mapping[str, Any]:
+        """One object's metadata (size, ETag, mtime), retried like a GET and bounded by ``timeout``."""
+        fs, path = self.filesystem(url)
+        deadline = time.monotonic() + self.options.timeout
+        whole = ByteRange(0, 0)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError()
+                self.metrics.add("heads")
+                if self._is_async(fs):
+                    coroutine = asyncio.wait_for(fs._info(path), remaining)
+                    info = asyncio.run_coroutine_threadsafe(coroutine, fs.loop).result(timeout=remaining + 1)
+                else:
+                    info = self._threads.submit(fs.info, path).result(timeout=remaining)
+                if info.get("type") == "directory":
+                    raise IsADirectoryError(path)
+                return info
+            except concurrent.futures.TimeoutError:
+                exc: BaseException = TimeoutError()
+            except Exception as error:  # noqa: BLE001 - classified below
+                exc = error
+            time.sleep(self._next_delay(url, whole, exc, attempt, deadline, what="lookup"))
+
+    async def _read_async(
+        self, fs: AsyncFileSystem, url: str, path: str, ranges: Sequence[ByteRange], deadline: float,
+        facts: SourceFacts,
+    ) -> list[bytes]:
+        semaphore = asyncio.Semaphore(self.options.max_concurrency)
+
+        async def one(rng: ByteRange) -> bytes:
+            async with semaphore:
+                return await self._attempts_async(fs, url, path, rng, deadline, facts)
+
+        return list(await asyncio.gather(*(one(r) for r in ranges)))
+
+    async def _attempts_async(
+        self, fs: AsyncFileSystem, url: str, path: str, rng: ByteRange, deadline: float, facts: SourceFacts
+    ) -> bytes:
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError()
+                self.metrics.add("gets")
+                data = await asyncio.wait_for(self._get_async(fs, path, rng, facts.strong_etag), remaining)
+                return self._checked(url, rng, data, facts)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                delay = self._next_delay(url, rng, exc, attempt, deadline)
+            await asyncio.sleep(delay)
+
+    async def _get_async(self, fs: AsyncFileSystem, path: str, rng: ByteRange, etag: str | None) -> bytes:
+        """One ranged GET, conditional on the ETag seen at first access where the store supports it."""
+        if etag is None:
+            return await fs._cat_file(path, start=rng.start, end=rng.stop)
+        if isinstance(fs, HTTPFileSystem):
+            try:
+                return await fs._cat_file(path, start=rng.start, end=rng.stop, headers={"If-Match": etag})
+            except Exception as exc:
+                if http_status(exc) == 412:
+                    raise ChangedObject(etag) from None
+                raise
+        if hasattr(fs, "_call_s3") and hasattr(fs, "split_path"):
+            bucket, key, version = fs.split_path(path)
+            extra = {"VersionId": version} if version else {}
+            try:
+                response = await fs._call_s3(
+                    "get_object", Bucket=bucket, Key=key, Range=f"bytes={rng.start}-{rng.stop - 1}",
+                    IfMatch=etag, **extra,
+                )
+            except Exception as exc:
+                if http_status(exc) == 412 or "PreconditionFailed" in str(exc):
+                    raise ChangedObject(etag) from None
+                raise
+            try:
+                return await response["Body"].read()
+            finally:
+                response["Body"].close()
+        return await fs._cat_file(path, start=rng.start, end=rng.stop)
+
+    def _read_sync(
+        self, fs: fsspec.AbstractFileSystem, url: str, path: str, rng: ByteRange, deadline: float, facts: SourceFacts
+    ) -> bytes:
+        attempt = 0
+        local = protocol_of(url) in LOCAL_PROTOCOLS
+        while True:
+            attempt += 1
+            try:
+                self.metrics.add("gets")
+                data = fs.cat_file(path, start=rng.start, end=rng.stop)
+                if local:  # no conditional reads on a disk: check the file did not change under us
+                    now = SourceFacts.from_mapping(fs.info(path))
+                    if (now.size, now.mtime) != (facts.size, facts.mtime):
+                        raise ChangedObject(facts.describe())
+                return self._checked(url, rng, data, facts)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                delay = self._next_delay(url, rng, exc, attempt, deadline)
+            time.sleep(delay)
+
+    def _checked(self, url: str, rng: ByteRange, data: bytes, facts: SourceFacts) -> bytes:
+        if len(data) != rng.length:
+            where = f"{redact_url(url)} [{rng.start}, {rng.stop})"
+            if len(data) > rng.length:
+                raise WrongLength(
+                    f"{where}: got {len(data)} bytes instead of {rng.length} (the server ignores Range requests)",
+                    oversized=True,
+                )
+            if facts.size is not None and rng.stop > facts.size:
+                raise WrongLength(
+                    f"{where}: the references reach beyond the end of the object ({facts.size} bytes)",
+                    oversized=True,
+                )
+            raise WrongLength(f"{where}: got {len(data)} bytes instead of {rng.length} (body cut short)")
+        self.metrics.add("bytes_fetched", len(data))
+        return data
+
+    def _next_delay(
+        self, url: str, rng: ByteRange, exc: BaseException, attempt: int, deadline: float, what: str = "GET"
+    ) -> float:
+        """Decide whether to retry; raise the final error when not."""
+        exc = _unwrap(exc)
+        where = f"{redact_url(url)} [{rng.start}, {rng.stop})" if rng.length else redact_url(url)
+        timed_out = isinstance(exc, (asyncio.TimeoutError, TimeoutError))
+        if isinstance(exc, ChangedObject):
+            self.guard.mark_stale(url, f"it no longer matches {exc}")
+            raise StaleObject(f"{redact_url(url)} changed since the references were made") from None
+        if isinstance(exc, (StaleObject, ForbiddenURL)):
+            raise exc
+        if isinstance(exc, WrongLength) and exc.oversized:
+            raise BackendError(str(exc)) from None
+        if isinstance(exc, FileNotFoundError):
+            raise BackendError(f"{where}: object not found") from None
+        if isinstance(exc, PermissionError):
+            raise BackendError(f"{where}: access denied") from None
+        delay = min(2.0, 0.1 * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
+        if not is_transient(exc) or attempt >= self.options.retries or time.monotonic() + delay >= deadline:
+            reason = f"no answer within {self.options.timeout:g} s" if timed_out else _describe(exc)
+            raise BackendError(f"{where}: {reason} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+        self.metrics.add("get_retries")
+        log.info("retrying %s %s after %s (attempt %d)", what, where, _describe(exc), attempt + 1)
+        return delay
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+

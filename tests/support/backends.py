@@ -1,0 +1,36 @@
+"""A counting wrapper around a real backend, to see exactly which GETs the cache issues."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Sequence
+
+from refmount.byterange import ByteRange
+from refmount.store.fsspec_store import BackendOptions, FsspecBackend
+from refmount.store.policy import UrlPolicy
+
+
+class CountingBackend:
+    """Delegates to a real FsspecBackend and records every range asked for."""
+
+    def __init__(self, inner: FsspecBackend | None = None, delay: float = 0.0) -> None:
+        self.inner = inner or FsspecBackend(BackendOptions(policy=UrlPolicy(local_allowed=True)))
+        self.delay = delay
+        self.requests: list[tuple[str, ByteRange]] = []
+        self._lock = threading.Lock()
+
+    def read_ranges(self, url: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        with self._lock:
+            self.requests.extend((url, r) for r in ranges)
+        if self.delay:
+            time.sleep(self.delay)
+        return self.inner.read_ranges(url, ranges)
+
+    def size(self, url: str) -> int:
+        return self.inner.size(url)
+
+    @property
+    def gets(self) -> int:
+        with self._lock:
+            return len(self.requests)
