@@ -85,7 +85,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     sets = ["D1", "D2", "D3"]
     ways = [w for w in dict.fromkeys(r.way for r in rows if r.dataset in sets and r.error is None)]
     fig, axes = plt.subplots(1, 2, figsize=(15, 0.42 * len(ways) + 2), sharey=True)
-    for ax, state in zip(axes, ("cold", "warm")):
+    for ax, state in zip(axes, ("cold", "warm"), strict=False):
         height = 0.8 / len(sets)
         for i, d in enumerate(sets):
             values = []

@@ -16,11 +16,12 @@ import sys
 import time
 import traceback
 import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from speed_data import BUCKET, Chunk, Datasets
 from speed_infra import (
@@ -321,7 +322,7 @@ class Bench:
         """``ls -lR`` and ``find`` of D4 (1M keys at full scale), against a local tree of the same shape."""
         def timed(argv: list[str]) -> Callable[[], int]:
             def body() -> int:
-                out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+                out = subprocess.run(argv, capture_output=True, check=True)
                 return len(out.stdout)
             return body
 

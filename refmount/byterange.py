@@ -27,6 +27,6 @@ class ByteRange:
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def shift(self, delta: int) -> "ByteRange":
+    def shift(self, delta: int) -> ByteRange:
         """The same range moved by ``delta`` bytes (file offsets to object offsets)."""
         return ByteRange(self.start + delta, self.stop + delta)

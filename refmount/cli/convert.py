@@ -34,7 +34,8 @@ import math
 import sys
 import time
 from array import array
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 

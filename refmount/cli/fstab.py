@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 HELPER_NAMES = ("mount.refmount", "mount.fuse.refmount")
 USAGE = "usage: mount.refmount SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]"

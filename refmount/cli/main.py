@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from refmount import __version__
 from refmount.cli.convert import add_arguments as add_convert_arguments

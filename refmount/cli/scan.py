@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     code = EXIT_OK
     reports: list[ScanReport] = []
-    for n, (source, target) in enumerate(zip(sources, targets), 1):
+    for n, (source, target) in enumerate(zip(sources, targets, strict=False), 1):
         file_code, report = _scan_one(args, source, target, options, url_map, n, len(sources), err)
         code = max(code, file_code)
         if report is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 #: The environment variable carrying secret-bearing ``-o`` items (comma-separated, as in ``-o``).
 SECRET_ENV = "REFMOUNT_SECRET_OPTIONS"

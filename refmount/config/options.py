@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from refmount.errors import ConfigError
 from refmount.views.decoded import parse_view as parse
@@ -260,7 +261,7 @@ class MountConfig:
 
     @classmethod
     def build(cls, source: str, mountpoint: str, values: Mapping[str, Any],
-              storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> "MountConfig":
+              storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> MountConfig:
         """Build from parsed option values, ignoring options left at ``None`` (not given)."""
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in values.items() if k in known and v is not None}

@@ -12,8 +12,9 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from refmount.errors import IsADirectory, NoAttribute, ReadOnly
 from refmount.read.reader import Reader

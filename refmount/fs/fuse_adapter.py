@@ -26,7 +26,8 @@ import errno
 import logging
 import stat
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import fuse
 

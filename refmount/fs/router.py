@@ -34,8 +34,9 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from refmount.errors import (
     InvalidReferences,
@@ -145,7 +146,7 @@ class ReloadResult:
 class _NamespaceView:
     """The two namespace queries fuse_ops makes directly, answered by the router."""
 
-    def __init__(self, router: "SetRouter") -> None:
+    def __init__(self, router: SetRouter) -> None:
         self._router = router
 
     def lookup(self, path: str) -> Any:

@@ -33,8 +33,9 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from refmount.config.options import MountConfig
 from refmount.fs.filesystem import RefFilesystem, TreeOwner

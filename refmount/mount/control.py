@@ -29,7 +29,8 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from refmount.errors import ConfigError
 from refmount.mount.mountpoint import is_stale_mount
@@ -78,7 +79,7 @@ class ControlServer:
         self._allow_other = allow_other
         self._server: socketserver.ThreadingUnixStreamServer | None = None
 
-    def start(self) -> "ControlServer":
+    def start(self) -> ControlServer:
         """Bind and serve; a channel that cannot be bound is logged, the mount goes on without it."""
         owner = self
 

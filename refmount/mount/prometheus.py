@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from refmount.metrics import COUNTERS
 
@@ -97,7 +98,7 @@ class MetricsServer:
         self.address = self._server.server_address
         self._thread = threading.Thread(target=self._server.serve_forever, name="refmount-metrics", daemon=True)
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self._thread.start()
         log.info("Prometheus metrics on http://%s:%d/metrics", self.address[0], self.address[1])
         return self

@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from refmount.errors import ConfigError
 from refmount.mount.mountpoint import unmount

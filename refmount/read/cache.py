@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future
-from typing import Iterable
 
 from cachetools import LRUCache
 
@@ -166,7 +166,7 @@ class BlockCache:
             plan = plan_fetches(mine, self.block_size, extent, self.max_request)
             bodies = self.backend.read_ranges(url, [fetch.span for fetch in plan])
             with self._lock:
-                for fetch, body in zip(plan, bodies):
+                for fetch, body in zip(plan, bodies, strict=False):
                     for index, data in split_blocks(fetch, body, self.block_size):
                         self._store((url, index), data)
                         mine[index].set_result(data)

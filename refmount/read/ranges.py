@@ -12,8 +12,8 @@ as separate requests that the backend issues concurrently.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from refmount.byterange import ByteRange
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import logging
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from refmount.urls import protocol_of, redact_url
 

@@ -26,8 +26,8 @@ directory streams its names in batches instead of building them all.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -256,7 +256,7 @@ class CompactNamespace:
         for directory, info in self._dirs.items():
             prefix = f"{directory}/" if directory else ""
             names = self._names(_DirInfo(info.start, info.stop, ()))
-            for entry, name in zip(range(info.start, info.stop), names):
+            for entry, name in zip(range(info.start, info.stop), names, strict=False):
                 yield prefix + name, self._reference(entry)
 
     @property

@@ -442,7 +442,7 @@ def _expand_gen(
     url_cache: dict[str, str] = {}
     for values in itertools.product(*(values for _, values in dimensions)):
         env = base.copy()
-        env.update(zip(dim_names, values))
+        env.update(zip(dim_names, values, strict=False))
         try:
             key = key_of(env)
             raw_url = url_of(env)

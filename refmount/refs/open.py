@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from refmount.errors import ConfigError
 from refmount.refs import source

@@ -40,8 +40,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from cachetools import LRUCache
@@ -95,7 +96,7 @@ def chunk_number(name: str, grid: tuple[int, ...]) -> int | None:
     if len(parts) != len(grid):
         return None
     number = 0
-    for part, size in zip(parts, grid):
+    for part, size in zip(parts, grid, strict=False):
         if not part.isascii() or not part.isdigit() or (len(part) > 1 and part[0] == "0"):
             return None
         index = int(part)
@@ -584,7 +585,7 @@ class ParquetNamespace:
             for number in range(field.records):
                 count = min(self.record_size, field.total - number * self.record_size)
                 record = self._record(field, number)
-                for row, name in zip(range(count), names):
+                for row, name in zip(range(count), names, strict=False):
                     ref = record.reference(row)
                     if ref is not None:
                         yield f"{field.name}/{name}", ref

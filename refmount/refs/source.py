@@ -281,7 +281,7 @@ def to_posix_seconds(value: Any) -> float | None:
         return seconds / 1000.0 if seconds > 1e11 else seconds  # milliseconds from some APIs
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
+            value = value.replace(tzinfo=_dt.UTC)
         return value.timestamp()
     if isinstance(value, str):
         text = value.strip()

@@ -12,8 +12,9 @@ order, so the same key keeps its inode across remounts and reloads.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Protocol
+from typing import Protocol
 
 from refmount.errors import InvalidReferences, NotADirectory, NotFound
 from refmount.refs.model import Inline, Range, Reference, Whole

@@ -232,7 +232,7 @@ def _load_filter_plugins() -> None:
 
 def _grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
     """Number of chunks along each axis."""
-    return tuple(math.ceil(s / c) if c else 0 for s, c in zip(shape, chunks))
+    return tuple(math.ceil(s / c) if c else 0 for s, c in zip(shape, chunks, strict=False))
 
 
 class _Scanner:
@@ -395,8 +395,8 @@ class _Scanner:
 
         def visit(info: Any) -> None:
             masks.add(info.filter_mask)
-            index = tuple(o // c for o, c in zip(info.chunk_offset, chunk_shape))
-            if all(i < n for i, n in zip(index, grid)):
+            index = tuple(o // c for o, c in zip(info.chunk_offset, chunk_shape, strict=False))
+            if all(i < n for i, n in zip(index, grid, strict=False)):
                 found.append((index, info.byte_offset, info.size))
 
         try:
@@ -421,7 +421,7 @@ class _Scanner:
         for index, offset, size in found:
             key = chunk_key(zpath, index)
             if size < self.inline_threshold:
-                offsets = tuple(i * c for i, c in zip(index, chunk_shape))
+                offsets = tuple(i * c for i, c in zip(index, chunk_shape, strict=False))
                 out[key] = inline_value(ds.id.read_direct_chunk(offsets)[1])
                 self.count_inline(size)
             else:

@@ -31,8 +31,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem
@@ -366,7 +367,7 @@ class FsspecBackend:
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
-                    raise asyncio.TimeoutError()
+                    raise TimeoutError()
                 self.metrics.add("gets")
                 data = await asyncio.wait_for(self._get_async(fs, path, rng, facts.strong_etag), remaining)
                 return self._checked(url, rng, data, facts)

@@ -72,7 +72,7 @@ class UrlPolicy:
     local_allowed: bool = False
 
     @classmethod
-    def for_source(cls, source_url: str, allow: tuple[str, ...]) -> "UrlPolicy":
+    def for_source(cls, source_url: str, allow: tuple[str, ...]) -> UrlPolicy:
         """The default policy: usual remote protocols always, local files only for a local set."""
         return cls(allow=allow, local_allowed=protocol_of(source_url) in LOCAL_PROTOCOLS)
 

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from refmount.errors import StaleObject
 from refmount.refs.source import to_posix_seconds
@@ -51,7 +52,7 @@ class SourceFacts:
     mtime: float | None = None
 
     @classmethod
-    def from_mapping(cls, raw: Any) -> "SourceFacts":
+    def from_mapping(cls, raw: Any) -> SourceFacts:
         """Facts from a recorded ``{"size", "etag", "mtime"}`` or an fsspec ``info`` dict; junk is dropped."""
         if not isinstance(raw, Mapping):
             return cls()

@@ -46,9 +46,10 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from cachetools import LRUCache
@@ -192,7 +193,7 @@ class ArrayCodec:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_meta(cls, path: str, meta: Mapping[str, Any]) -> "ArrayCodec":
+    def from_meta(cls, path: str, meta: Mapping[str, Any]) -> ArrayCodec:
         dtype = numpy_dtype(meta["dtype"])
         shape = tuple(int(n) for n in meta["shape"])
         chunks = tuple(int(n) for n in meta["chunks"])
@@ -226,12 +227,12 @@ class ArrayCodec:
         if len(parts) != len(self.shape) or not all(p.isdigit() for p in parts):
             return None
         coords = tuple(int(p) for p in parts)
-        grid = tuple(max(1, -(-n // c)) for n, c in zip(self.shape, self.chunks))
-        return coords if all(i < g for i, g in zip(coords, grid)) else None
+        grid = tuple(max(1, -(-n // c)) for n, c in zip(self.shape, self.chunks, strict=False))
+        return coords if all(i < g for i, g in zip(coords, grid, strict=False)) else None
 
     def edge_shape(self, coords: tuple[int, ...]) -> tuple[int, ...]:
         """The part of chunk ``coords`` that lies inside the array."""
-        return tuple(max(0, min(c, n - i * c)) for i, c, n in zip(coords, self.chunks, self.shape))
+        return tuple(max(0, min(c, n - i * c)) for i, c, n in zip(coords, self.chunks, self.shape, strict=False))
 
     def decode(self, key: str, raw: bytes, coords: tuple[int, ...]) -> bytes:
         """The full-shape decoded bytes of chunk ``key``; UnsupportedCodec or DecodeError, never wrong bytes."""

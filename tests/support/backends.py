@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from refmount.byterange import ByteRange
 from refmount.store.fsspec_store import BackendOptions, FsspecBackend

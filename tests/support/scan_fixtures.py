@@ -40,7 +40,7 @@ def decode_manually(refs: dict[str, Any], name: str) -> np.ndarray:
     dtype = np.dtype(_descr(meta["dtype"]))
     shape, chunks = meta["shape"], meta["chunks"]
     out = np.zeros(shape, dtype=dtype)
-    grid = [range(-(-s // c)) for s, c in zip(shape, chunks)]
+    grid = [range(-(-s // c)) for s, c in zip(shape, chunks, strict=False)]
     for index in np.ndindex(*[len(g) for g in grid]):
         key = f"{name}/" + (".".join(map(str, index)) if index else "0")
         try:
@@ -52,7 +52,7 @@ def decode_manually(refs: dict[str, Any], name: str) -> np.ndarray:
         for cfg in reversed(meta["filters"] or []):
             data = numcodecs.get_codec(cfg).decode(data)
         chunk = np.frombuffer(bytes(data), dtype=dtype).reshape(chunks)
-        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
+        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape, strict=False))
         out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
     return out
 

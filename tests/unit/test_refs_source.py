@@ -259,7 +259,7 @@ def test_backend_failures_are_backend_errors_without_secrets(monkeypatch, tmp_pa
     [
         ({"mtime": 1_700_000_000.25}, 1_700_000_000.25),
         ({"mtime": 1_700_000_000}, 1_700_000_000.0),
-        ({"LastModified": dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.timezone.utc)}, 1_700_000_000.0),
+        ({"LastModified": dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC)}, 1_700_000_000.0),
         ({"LastModified": dt.datetime(2023, 11, 14, 22, 13, 20)}, 1_700_000_000.0),  # naive = UTC
         ({"last_modified": "2023-11-14T22:13:20Z"}, 1_700_000_000.0),
         ({"last_modified": "2023-11-14T23:13:20+01:00"}, 1_700_000_000.0),
