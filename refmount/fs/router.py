@@ -308,8 +308,10 @@ class SetRouter:
         return slot.get().readdir(inner)
 
     def statfs(self) -> dict[str, int]:
-        loaded = [slot.fs for slot in list(self._slots.values()) if slot.fs is not None]
-        return statfs_figures(len(self._slots) + sum(fs.statfs()["f_files"] for fs in loaded))
+        """One set's figures as its own filesystem gives them; a collection adds its root, and counts a
+        set not loaded yet as the one directory it shows."""
+        files = sum(_node_count(slot.fs) for slot in list(self._slots.values()))
+        return statfs_figures(files + 1 if self.collection else files)
 
     def access(self, path: str, mode: int) -> None:
         slot, inner = self._route(path)
@@ -375,3 +377,7 @@ class SetRouter:
         if self.last_reload is not None:
             figures["last_reload"] = self.last_reload.describe()
         return figures
+
+
+def _node_count(fs: RefFilesystem | None) -> int:
+    return 1 if fs is None else fs.statfs()["f_files"]
