@@ -1,51 +1,31 @@
-"""The filesystem's behaviour, free of FUSE: attributes, listings, handles, reads, xattrs.
+"""One reference set's tree, free of FUSE: attributes, listings, handles, reads, xattrs.
 
 Everything the kernel can ask is answered here in plain Python with the
-error taxonomy of :mod:`refmount.errors`; :mod:`refmount.fuse_ops` only
-translates calls and errnos. Tests drive this class directly.
+error taxonomy of :mod:`refmount.errors`; :mod:`refmount.fs.fuse_adapter`
+only translates calls and errnos. This is a :class:`refmount.fs.served.ServedTree`;
+the router (:mod:`refmount.fs.router`) builds one per loaded set. Tests drive
+this class directly.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import stat
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from refmount.errors import IsADirectory, NoAttribute, ReadOnly
+from refmount.fs.served import WRITE_FLAGS, XATTR_PREFIX, TreeOwner, statfs_figures
 from refmount.read.reader import Reader
-from refmount.refs.model import Inline, Range, Whole
 from refmount.refs.tree import Dir, File, Namespace
-from refmount.urls import redact_url
 
-FILE_MODE = 0o444
-DIR_MODE = 0o555
-XATTR_PREFIX = "user.refmount."
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-
-
-@dataclass(frozen=True)
-class TreeOwner:
-    """Ownership and permission bits shown for every node."""
-
-    uid: int
-    gid: int
-    umask: int = 0o222
-
-    def file_mode(self) -> int:
-        return stat.S_IFREG | (FILE_MODE & ~self.umask & 0o777)
-
-    def dir_mode(self) -> int:
-        # The umask applies to directories as to files (umask 027 means no access for others at all).
-        return stat.S_IFDIR | (DIR_MODE & ~self.umask & 0o777)
+__all__ = ["RefFilesystem", "TreeOwner"]
 
 
 class RefFilesystem:
-    """A read-only tree over one namespace."""
+    """A read-only tree over one namespace, read through ``reader`` (the raw reader or a view's)."""
 
     def __init__(self, namespace: Namespace, reader: Reader, owner: TreeOwner, mtime: float) -> None:
         self.namespace = namespace
@@ -55,49 +35,28 @@ class RefFilesystem:
         self._handles: dict[int, File] = {}
         self._handle_ids = itertools.count(1)
         self._lock = threading.Lock()
-        reader.metrics.gauge("open_handles", lambda: len(self._handles))
 
     # -- metadata ------------------------------------------------------------
 
     def getattr(self, path: str) -> dict[str, Any]:
-        node = self.namespace.lookup(path)
-        common = {
-            "st_ino": node.inode,
-            "st_uid": self.owner.uid,
-            "st_gid": self.owner.gid,
-            "st_atime": self.mtime,
-            "st_mtime": self.mtime,
-            "st_ctime": self.mtime,
-        }
+        return self._attrs(self.namespace.lookup(path))
+
+    def getattr_of_handle(self, handle: int, path: str) -> dict[str, Any]:
+        file = self._handles.get(handle)
+        return self.getattr(path) if file is None else self._attrs(file)
+
+    def _attrs(self, node: File | Dir) -> dict[str, Any]:
         if isinstance(node, Dir):
             nlink = 2 + self.namespace.subdirectory_count(node.path)
-            return {**common, "st_mode": self.owner.dir_mode(), "st_nlink": nlink, "st_size": 0}
-        size = self.reader.size(node.ref)
-        return {
-            **common,
-            "st_mode": self.owner.file_mode(),
-            "st_nlink": 1,
-            "st_size": size,
-            "st_blocks": (size + 511) // 512,
-            "st_blksize": self.reader.cache.block_size,
-        }
+            return self.owner.dir_attrs(node.inode, nlink, self.mtime)
+        return self.owner.file_attrs(node.inode, self.reader.size(node.ref), self.reader.cache.block_size, self.mtime)
 
     def readdir(self, path: str) -> Iterable[str]:
         """Names in a directory, streamed; asks the store only for Parquet record files."""
         return itertools.chain((".", ".."), self.namespace.listdir(path))
 
     def statfs(self) -> dict[str, int]:
-        return {
-            "f_bsize": 4096,
-            "f_frsize": 4096,
-            "f_blocks": 0,
-            "f_bfree": 0,
-            "f_bavail": 0,
-            "f_files": len(self.namespace) + self.namespace.directory_count,
-            "f_ffree": 0,
-            "f_favail": 0,
-            "f_namemax": 255,
-        }
+        return statfs_figures(len(self.namespace) + self.namespace.directory_count)
 
     def access(self, path: str, mode: int) -> None:
         self.namespace.lookup(path)
@@ -134,32 +93,22 @@ class RefFilesystem:
     def open_handles(self) -> int:
         return len(self._handles)
 
+    def close(self) -> None:
+        """Stop the reader's readahead; demand reads of files still open keep working."""
+        self.reader.close()
+
     # -- extended attributes: where a key's bytes come from -------------------
 
     def listxattr(self, path: str) -> list[str]:
         node = self.namespace.lookup(path)
         if isinstance(node, Dir):
             return []
-        return [XATTR_PREFIX + name for name in _describe_ref(node).keys()]
+        return [XATTR_PREFIX + name for name in self.reader.describe(node)]
 
     def getxattr(self, path: str, name: str) -> bytes:
         node = self.namespace.lookup(path)
         if isinstance(node, File) and name.startswith(XATTR_PREFIX):
-            value = _describe_ref(node).get(name[len(XATTR_PREFIX) :])
+            value = self.reader.describe(node).get(name[len(XATTR_PREFIX) :])
             if value is not None:
                 return value.encode()
         raise NoAttribute(f"{path}: {name}")
-
-
-def _describe_ref(file: File) -> dict[str, str]:
-    ref = file.ref
-    describe = getattr(ref, "describe", None)  # references of a view (decoded chunks) describe themselves
-    if describe is not None:
-        return describe()
-    if isinstance(ref, Inline):
-        return {"kind": "inline", "length": str(len(ref.data))}
-    if isinstance(ref, Range):
-        return {"kind": "range", "url": redact_url(ref.url), "offset": str(ref.offset), "length": str(ref.length)}
-    if isinstance(ref, Whole):
-        return {"kind": "whole", "url": redact_url(ref.url)}
-    return {}

@@ -27,13 +27,19 @@ import logging
 import stat
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fuse
 
 from refmount.errors import NotADirectory, ReadOnly, errno_for
-from refmount.fs.filesystem import RefFilesystem
+from refmount.fs.served import ServedTree
 from refmount.metrics import Metrics
+
+if TYPE_CHECKING:
+    # fusepy has no type information; the adapter defines every method it relies on itself.
+    _Operations = object
+else:
+    _Operations = fuse.Operations
 
 log = logging.getLogger("refmount.fuse")
 
@@ -46,12 +52,12 @@ WRITE_OPERATIONS = (
 QUIET_ERRNOS = frozenset({errno.ENOENT, errno.ENODATA, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EACCES})
 
 
-class FuseAdapter(fuse.Operations):
-    """Forward fusepy operations to a :class:`RefFilesystem`."""
+class FuseAdapter(_Operations):
+    """Forward fusepy operations to a :class:`refmount.fs.served.ServedTree` (one set, or the router)."""
 
     def __init__(
         self,
-        fs: RefFilesystem,
+        fs: ServedTree,
         metrics: Metrics,
         on_init: Callable[[], None] | None = None,
         *,
@@ -93,7 +99,7 @@ class FuseAdapter(fuse.Operations):
     # -- reads ---------------------------------------------------------------
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        if fh is not None and hasattr(self.fs, "getattr_of_handle"):
+        if fh is not None:
             # fstat of an open file: answer from what was opened, also after a reload removed the path.
             return self.fs.getattr_of_handle(fh, path)
         return self.fs.getattr(path)
@@ -144,7 +150,7 @@ class FuseAdapter(fuse.Operations):
         return self.fs.listxattr(path)
 
     def readlink(self, path: str) -> str:
-        self.fs.namespace.lookup(path)
+        self.fs.getattr(path)  # ENOENT for nothing there
         raise fuse.FuseOSError(errno.EINVAL)  # POSIX: not a symbolic link
 
     def opendir(self, path: str) -> int:

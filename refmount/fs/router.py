@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,8 @@ from refmount.errors import (
     ReadOnly,
     RefmountError,
 )
-from refmount.fs.filesystem import RefFilesystem, TreeOwner
+from refmount.fs.filesystem import RefFilesystem
+from refmount.fs.served import TreeOwner, statfs_figures
 from refmount.metrics import Metrics
 from refmount.refs.collection import SetSource
 from refmount.refs.tree import inode_of
@@ -54,23 +56,8 @@ from refmount.urls import redact_url
 
 log = logging.getLogger("refmount.sets")
 
-#: ``(url, storage_options) -> (mtime, references)``
-
 #: Seconds before a set that failed to load is tried again on access.
 RETRY_FAILED_AFTER = 30.0
-
-
-# -- discovery ---------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
 
 
 # -- one set -------------------------------------------------------------------
@@ -115,7 +102,7 @@ class SetSlot:
         with self._lock:
             fs, self.fs = self.fs, None
         if fs is not None:
-            getattr(fs.reader, "close", lambda: None)()
+            fs.close()
 
     @property
     def loaded(self) -> bool:
@@ -143,21 +130,18 @@ class ReloadResult:
         return "reloaded: " + ("; ".join(parts) if parts else "no changes")
 
 
-class _NamespaceView:
-    """The two namespace queries fuse_ops makes directly, answered by the router."""
+@dataclass(frozen=True)
+class _OpenFile:
+    """What a router handle stands for: the generation it was opened on and its handle there."""
 
-    def __init__(self, router: SetRouter) -> None:
-        self._router = router
-
-    def lookup(self, path: str) -> Any:
-        return self._router.getattr(path)
-
-    def listdir(self, path: str) -> Iterator[str]:
-        return itertools.islice(self._router.readdir(path), 2, None)
+    slot: SetSlot
+    fs: RefFilesystem
+    handle: int
+    path: str  # inside the set
 
 
 class SetRouter:
-    """A :class:`RefFilesystem`-shaped tree over one set at the root or many sets as subdirectories.
+    """A :class:`refmount.fs.served.ServedTree` over one set at the root or many sets as subdirectories.
 
     Handles are numbered here and remember the generation they were opened
     on, which is what keeps open files reading their data across a reload.
@@ -182,12 +166,11 @@ class SetRouter:
         self._list_sets = list_sets
         self.idle_unload = idle_unload
         self._slots: dict[str, SetSlot] = {}
-        self._handles: dict[int, tuple[SetSlot, RefFilesystem, int]] = {}
+        self._handles: dict[int, _OpenFile] = {}
         self._handle_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self.mtime = time.time()
-        self.namespace = _NamespaceView(self)
         self.generation = 0
         self.last_reload: ReloadResult | None = None
         self._stop = threading.Event()
@@ -200,17 +183,11 @@ class SetRouter:
     def start(self) -> None:
         """List (collection) or load (single set) once; a single set that fails fails the mount."""
         sets = self._list_sets()
-        self._slots = {name: SetSlot(entry, self._built) for name, entry in sets.items()}
+        self._slots = {name: SetSlot(entry, self._build) for name, entry in sets.items()}
         if not self.collection:
             self._slots[""].get()
         elif self.idle_unload > 0:
             threading.Thread(target=self._unload_idle, name="refmount-idle", daemon=True).start()
-
-    def _built(self, source: SetSource) -> RefFilesystem:
-        fs = self._build(source)
-        # A RefFilesystem registers its own open-handle gauge; the router's count is the mount's.
-        self.metrics.gauge("open_handles", lambda: len(self._handles))
-        return fs
 
     def reload(self) -> ReloadResult:
         """Re-read the source and swap what changed; never leaves the tree half-updated."""
@@ -230,27 +207,27 @@ class SetRouter:
             for name, entry in listed.items():
                 slot = slots.get(name)
                 if slot is None:
-                    slots[name] = SetSlot(entry, self._built)
+                    slots[name] = SetSlot(entry, self._build)
                     result.added.append(name)
                     continue
                 if entry.fingerprint == slot.source.fingerprint and self.collection:
                     if slot.error is not None:
-                        slots[name] = SetSlot(entry, self._built)  # retry a broken set on reload
+                        slots[name] = SetSlot(entry, self._build)  # retry a broken set on reload
                     continue
                 if not slot.loaded:
-                    slots[name] = SetSlot(entry, self._built)
+                    slots[name] = SetSlot(entry, self._build)
                     if entry.fingerprint != slot.source.fingerprint:
                         result.changed.append(name)
                     continue
                 try:
-                    fresh = self._built(entry)
+                    fresh = self._build(entry)
                 except Exception as exc:  # noqa: BLE001 - keep serving the previous version
                     log.error("reload of reference set %s (%s) failed, keeping the previous version: %s",
                               name or redact_url(self.source), redact_url(entry.url), exc)
                     result.failed.append(name or "/")
                     continue
                 if entry.fingerprint != slot.source.fingerprint or not self.collection:
-                    replacement = SetSlot(entry, self._built)
+                    replacement = SetSlot(entry, self._build)
                     replacement.fs = fresh
                     retired.append(slot)
                     slots[name] = replacement
@@ -303,11 +280,11 @@ class SetRouter:
         return slot, "/" + (parts[1] if len(parts) > 1 else "")
 
     def _dir_attrs(self, path: str, nlink: int) -> dict[str, Any]:
-        return {
-            "st_ino": inode_of(path.strip("/")), "st_mode": self.owner.dir_mode(), "st_nlink": nlink, "st_size": 0,
-            "st_uid": self.owner.uid, "st_gid": self.owner.gid,
-            "st_atime": self.mtime, "st_mtime": self.mtime, "st_ctime": self.mtime,
-        }
+        return self.owner.dir_attrs(inode_of(path.strip("/")), nlink, self.mtime)
+
+    def _shown(self, attrs: dict[str, Any], path: str) -> dict[str, Any]:
+        """A set's attributes as the mount shows them: keys repeat across sets, inode numbers must not."""
+        return {**attrs, "st_ino": inode_of(path.strip("/"))} if self.collection else attrs
 
     def getattr(self, path: str) -> dict[str, Any]:
         slot, inner = self._route(path)
@@ -315,22 +292,14 @@ class SetRouter:
             return self._dir_attrs("", 2 + len(self._slots))
         if self.collection and inner == "/" and not slot.loaded:
             return self._dir_attrs(path, 2)  # listing the root must not load every set
-        attrs = slot.get().getattr(inner)
-        if self.collection:  # keys repeat across sets: inode numbers must not
-            attrs = {**attrs, "st_ino": inode_of(path.strip("/"))}
-        return attrs
+        return self._shown(slot.get().getattr(inner), path)
 
     def getattr_of_handle(self, handle: int, path: str) -> dict[str, Any]:
-        """Attributes of an open file from the generation it was opened on."""
-        entry = self._handles.get(handle)
-        if entry is None:
+        """Attributes of an open file from the generation it was opened on, also after a reload removed it."""
+        opened = self._handles.get(handle)
+        if opened is None:
             return self.getattr(path)
-        slot, fs, inner_handle = entry
-        file = fs._handles.get(inner_handle)
-        attrs = fs.getattr(file.path if file is not None else self._route(path)[1])
-        if self.collection:
-            attrs = {**attrs, "st_ino": inode_of(path.strip("/"))}
-        return attrs
+        return self._shown(opened.fs.getattr_of_handle(opened.handle, opened.path), path)
 
     def readdir(self, path: str) -> Iterable[str]:
         slot, inner = self._route(path)
@@ -339,16 +308,15 @@ class SetRouter:
         return slot.get().readdir(inner)
 
     def statfs(self) -> dict[str, int]:
-        loaded = [slot.fs for slot in list(self._slots.values()) if slot.fs is not None]
-        figures = {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
-                   "f_ffree": 0, "f_favail": 0, "f_namemax": 255}
-        figures["f_files"] = len(self._slots) + sum(fs.statfs()["f_files"] for fs in loaded)
-        return figures
+        """One set's figures as its own filesystem gives them; a collection adds its root, and counts a
+        set not loaded yet as the one directory it shows."""
+        files = sum(_node_count(slot.fs) for slot in list(self._slots.values()))
+        return statfs_figures(files + 1 if self.collection else files)
 
     def access(self, path: str, mode: int) -> None:
         slot, inner = self._route(path)
         if slot is None or (self.collection and inner == "/" and not slot.loaded):
-            if mode & 0o2:
+            if mode & os.W_OK:
                 raise ReadOnly(path)
             return
         slot.get().access(inner, mode)
@@ -361,28 +329,27 @@ class SetRouter:
         inner_handle = fs.open(inner, flags)
         with self._lock:
             handle = next(self._handle_ids)
-            self._handles[handle] = (slot, fs, inner_handle)
+            self._handles[handle] = _OpenFile(slot, fs, inner_handle, inner)
             slot.open_files += 1
         return handle
 
     def read(self, handle: int, size: int, offset: int, path: str | None = None) -> bytes:
-        entry = self._handles.get(handle)
-        if entry is None:
+        opened = self._handles.get(handle)
+        if opened is None:
             slot, inner = self._route(path or "")
             if slot is None:
                 raise IsADirectory(path or "/")
             return slot.get().read(-1, size, offset, inner)
-        slot, fs, inner_handle = entry
-        slot.last_used = time.monotonic()
-        return fs.read(inner_handle, size, offset, path)
+        opened.slot.last_used = time.monotonic()
+        return opened.fs.read(opened.handle, size, offset, opened.path)
 
     def release(self, handle: int) -> None:
         with self._lock:
-            entry = self._handles.pop(handle, None)
-            if entry is not None:
-                entry[0].open_files -= 1
-        if entry is not None:
-            entry[1].release(entry[2])
+            opened = self._handles.pop(handle, None)
+            if opened is not None:
+                opened.slot.open_files -= 1
+        if opened is not None:
+            opened.fs.release(opened.handle)
 
     @property
     def open_handles(self) -> int:
@@ -412,10 +379,5 @@ class SetRouter:
         return figures
 
 
-# -- assembling a mount ----------------------------------------------------------
-
-
-
-
-
-
+def _node_count(fs: RefFilesystem | None) -> int:
+    return 1 if fs is None else fs.statfs()["f_files"]

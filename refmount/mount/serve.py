@@ -119,7 +119,7 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
                        uptime_seconds=time.time() - started)
         return figures
 
-    adapter = FuseAdapter(tree.router, tree.metrics, on_init=announce_when_answering(config.mountpoint),  # type: ignore[arg-type]
+    adapter = FuseAdapter(tree.router, tree.metrics, on_init=announce_when_answering(config.mountpoint),
                           stateless_open=not tree.router.collection, xattrs=config.xattrs)
     metrics_server = None
     if config.metrics_port is not None:

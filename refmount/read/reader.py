@@ -21,6 +21,7 @@ from refmount.read.readahead import ReadaheadPlanner
 from refmount.refs.model import Inline, Range, Reference, Whole
 from refmount.refs.tree import File, Namespace
 from refmount.store.fsspec_store import RangeReader
+from refmount.urls import redact_url
 
 log = logging.getLogger("refmount.reader")
 
@@ -70,6 +71,17 @@ class Reader:
             raise TypeError(f"unknown reference {ref!r}")
         self.metrics.add_many((("reads", 1), ("bytes_delivered", len(data))))
         return data
+
+    def describe(self, file: File) -> dict[str, str]:
+        """Where ``file``'s bytes come from, for its extended attributes (URLs without credentials)."""
+        ref = file.ref
+        if isinstance(ref, Inline):
+            return {"kind": "inline", "length": str(len(ref.data))}
+        if isinstance(ref, Range):
+            return {"kind": "range", "url": redact_url(ref.url), "offset": str(ref.offset), "length": str(ref.length)}
+        if isinstance(ref, Whole):
+            return {"kind": "whole", "url": redact_url(ref.url)}
+        return {}
 
     def close(self) -> None:
         self._prefetcher.shutdown(wait=False, cancel_futures=True)

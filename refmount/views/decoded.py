@@ -493,6 +493,12 @@ class DecodingReader:
         self.metrics.add_many((("reads", 1), ("bytes_delivered", rng.length)))
         return data[rng.start : rng.stop]
 
+    def describe(self, file: File) -> dict[str, str]:
+        """Extended attributes: a decoded chunk says how it is decoded, other files where they come from."""
+        if isinstance(file.ref, DecodedChunk):
+            return file.ref.describe()
+        return dict(self.raw.describe(file))
+
     def close(self) -> None:
         self.raw.close()
 
