@@ -70,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("D1", "D2", "D3"):
             print(f"== {name}")
             if "limit" in only:
-                bench.guarded("limit: raw ranged GETs", name, "cold", lambda: bench.raw_limit(name))
-                bench.guarded("limit: local disk copy", name, "warm", lambda: bench.local_disk(name))
+                bench.guarded("limit: raw ranged GETs", name, "cold", lambda name=name: bench.raw_limit(name))
+                bench.guarded("limit: local disk copy", name, "warm", lambda name=name: bench.local_disk(name))
             if "refmount" in only:
-                bench.guarded("refmount: cat chunk files", name, "cold", lambda: bench.refmount_cat(name))
+                bench.guarded("refmount: cat chunk files", name, "cold", lambda name=name: bench.refmount_cat(name))
             if "zarr" in only:
-                bench.guarded("refmount: zarr on mountpoint", name, "cold", lambda: bench.refmount_zarr(name))
-                bench.guarded("in-process: zarr over ReferenceFS", name, "cold", lambda: bench.zarr_reference_fs(name))
+                bench.guarded("refmount: zarr on mountpoint", name, "cold", lambda name=name: bench.refmount_zarr(name))
+                bench.guarded("in-process: zarr over ReferenceFS", name, "cold", lambda name=name: bench.zarr_reference_fs(name))
             if "fsspec" in only:
                 bench.fsspec_fuse(name)
             if "rclone" in only:
@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench.rows if bench else []
     verdicts = targets(rows, cache_size)
     meta = {"scale": scale, "d3_scale": args.d3_scale or (1 / 64 if args.quick else scale),
-            "peer_repeats": args.peer_repeats or (1 if args.quick else args.repeats), "repeats": args.repeats, "cache_size": cache_size, "seconds": round(time.time() - started),
-            "machine": f"{platform.node()} {platform.machine()} {shutil.os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d")}
+            "peer_repeats": args.peer_repeats or (1 if args.quick else args.repeats), "repeats": args.repeats,
+            "cache_size": cache_size, "seconds": round(time.time() - started),
+            "machine": f"{platform.node()} {platform.machine()} {shutil.os.cpu_count()} cpus",
+            "date": time.strftime("%Y-%m-%d")}
     text = table(rows, verdicts)
     print(text)
     (args.out / "table.md").write_text(text)

@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from refmount.errors import ConfigError
+from refmount.mount.mountpoint import DaemonExited, MountTimedOut, wait_until_answers
+from refmount.mount.mountpoint import unmount as unmount_mountpoint
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -102,20 +105,9 @@ def drop_page_cache() -> None:
 
 
 def force_unmount(path: Path) -> None:
-    for command in (["fusermount", "-u", "-z", str(path)], ["fusermount3", "-u", "-z", str(path)], ["umount", "-l", str(path)]):
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            if subprocess.run(command, capture_output=True, timeout=10).returncode == 0:
-                return
-
-
-def _answers(path: Path, probe: str | None) -> bool:
-    try:
-        if not os.path.ismount(path):
-            return False
-        os.stat(path / probe if probe else path)
-        return True
-    except OSError:
-        return False
+    """Detach whatever is mounted at ``path`` (lazily, so a busy or dead peer cannot block the run)."""
+    with contextlib.suppress(ConfigError):
+        unmount_mountpoint(path, lazy=True)
 
 
 @contextlib.contextmanager
@@ -129,13 +121,12 @@ def foreground_mount(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while not _answers(mountpoint, probe):
-            if proc.poll() is not None:
-                raise MountFailed(f"exited with status {proc.returncode}: {_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise MountFailed(f"not answering after {timeout:.0f} s: {_tail(log_path)}")
-            time.sleep(0.05)
+        try:
+            wait_until_answers(mountpoint, timeout, process=proc, probe=probe)
+        except DaemonExited:
+            raise MountFailed(f"exited with status {proc.returncode}: {_tail(log_path)}") from None
+        except MountTimedOut:
+            raise MountFailed(f"not answering after {timeout:.0f} s: {_tail(log_path)}") from None
         yield proc
     finally:
         force_unmount(mountpoint)

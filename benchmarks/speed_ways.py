@@ -198,7 +198,7 @@ class Bench:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(self.data.expected(c))
         paths = [root / c.key for c in chunks]
-        body = lambda: sum(read_file(p) for p in paths)  # noqa: E731
+        body = lambda paths=paths: sum(read_file(p) for p in paths)  # noqa: E731
         body()
         self.record("limit: local disk copy", name, "warm", [self.measure(body) for _ in range(self.repeats)])
 
@@ -210,7 +210,7 @@ class Bench:
         for _ in range(self.repeats):
             with self.refmount(self.data.refs_main, "rm-cat") as (mnt, pid):
                 paths = [mnt / c.key for c in chunks]
-                body = lambda: sum(read_file(p) for p in paths)  # noqa: E731
+                body = lambda paths=paths: sum(read_file(p) for p in paths)  # noqa: E731
                 drop_page_cache()
                 cold.append(self.measure(body, pid))
                 warm.append(self.measure(body, pid))
@@ -313,7 +313,8 @@ class Bench:
                 cold.append(measured(run, pid))
                 warm.append(measured(run, pid))
             fs = self.s3()
-            raw.append(measured(latencies(lambda c: len(fs.cat_file(c.url, start=c.offset, end=c.offset + c.length))), None))
+            ranged_get = lambda c, fs=fs: len(fs.cat_file(c.url, start=c.offset, end=c.offset + c.length))  # noqa: E731
+            raw.append(measured(latencies(ranged_get), None))
         self.record(f"refmount: {len(chunks)} random chunk files", "all", "cold", cold)
         self.record(f"refmount: {len(chunks)} random chunk files", "all", "warm", warm)
         self.record(f"limit: {len(chunks)} single raw GETs", "all", "cold", raw)
@@ -365,7 +366,7 @@ class Bench:
                 with foreground_mount([sys.executable, script, refs, str(mnt), "rooted"], mnt, env=env,
                                       probe=".zgroup", log_name="fsspec") as proc:
                     paths = [mnt / c.key.split("/", 1)[1] for c in chunks]
-                    body = lambda: sum(read_file(p) for p in paths)  # noqa: E731
+                    body = lambda paths=paths: sum(read_file(p) for p in paths)  # noqa: E731
                     drop_page_cache()
                     cold.append(self.measure(body, proc.pid))
                     warm.append(self.measure(body, proc.pid))

@@ -32,6 +32,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from refmount.config.file import load_config
+
 HELPER_NAMES = ("mount.refmount", "mount.fuse.refmount")
 USAGE = "usage: mount.refmount SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]"
 
@@ -73,8 +75,6 @@ def translate(argv: Sequence[str]) -> tuple[list[str] | None, bool]:
             elif option.strip():
                 kept.append(option.strip())
     if source in ("none", "refmount", "") and config_path is not None:
-        from refmount.config.file import load_config
-
         source = load_config(config_path).source or source  # the fstab source field is a placeholder
     command += [source, mountpoint]
     if config_path is not None:
@@ -82,8 +82,6 @@ def translate(argv: Sequence[str]) -> tuple[list[str] | None, bool]:
     if kept:
         command += ["-o", ",".join(kept)]
     return command, fake
-
-
 
 
 def helper_script(python: str | None = None) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numcodecs
 
 from refmount.config.options import MountConfig
 from refmount.mount.assemble import backend_options, reference_storage_options
@@ -60,8 +62,7 @@ def codec_ids(zarray: dict[str, Any]) -> list[str]:
 
 
 def missing_codecs(ids: list[str]) -> list[str]:
-    import numcodecs
-
+    """The codec ids of ``ids`` that numcodecs cannot find (the data would not decode)."""
     missing = []
     for codec_id in ids:
         try:
@@ -157,8 +158,6 @@ def run_inspect(config: MountConfig, *, as_json: bool = False) -> int:
     _, namespace = open_reference_set(config.source, reference_storage_options(config))
     summary = summarise(config.source, namespace.iter_references(), namespace, backend_options(config).policy)
     if as_json:
-        from dataclasses import asdict
-
         print(json.dumps(asdict(summary), indent=2, default=str))
     else:
         print(render(summary))

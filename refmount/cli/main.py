@@ -130,7 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a reference set (JSON file or Parquet directory, path or URL) and write it in the "
         "other format. Parquet output is read by fsspec's ReferenceFileSystem and by refmount mount.",
     )
-
     add_convert_arguments(convert)
 
     demo = commands.add_parser(
@@ -148,7 +147,6 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
     storage: dict[str, dict[str, Any]] = {}
     source, mountpoint = args.source, getattr(args, "mountpoint", None)
     if getattr(args, "config", None):
-
         file_config = load_config(args.config)
         values.update(file_config.values)
         storage = {protocol: dict(options) for protocol, options in file_config.storage_options.items()}
@@ -172,7 +170,6 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
 
 
 def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
-
     if args.foreground:
         reexec_without_secrets(argv)  # a daemon never shows credentials in ps; returns when there are none
         return serve.serve(mount_config(args), force=args.force)
@@ -183,7 +180,6 @@ def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_umount(args: argparse.Namespace) -> int:
-
     mountpoint.unmount(args.mountpoint, lazy=args.lazy)
     return 0
 
@@ -201,21 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "umount":
             return _run_umount(args)
         if args.command in ("stats", "reload"):
-
             if args.command == "stats":
                 return control.run_stats(args.mountpoint, as_json=args.json)
             return control.run_reload(args.mountpoint, timeout=args.timeout)
         if args.command == "inspect":
-
             return run_inspect(mount_config(args), as_json=args.json)
         if args.command == "scan":
-
             return run_scan(args)
         if args.command == "convert":
-
             return run_convert(args)
         if args.command == "demo":
-
             return run_demo(args.workdir)
     except RefmountError as exc:
         print(f"refmount {args.command}: {exc}", file=sys.stderr)
@@ -234,7 +225,6 @@ def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
         if isinstance(action, argparse._SubParsersAction):
             return set(action.choices)
     return set()
-
 
 
 def mount_helper_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+import fsspec
+
 from refmount.errors import ConfigError, RefmountError
 from refmount.scan.hdf5 import (
     DEFAULT_DECODED_INLINE_LIMIT,
@@ -127,18 +129,14 @@ def _is_directory(output: str) -> bool:
     """An output names a directory if it ends in '/' or exists as one."""
     if output.endswith("/"):
         return True
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(output)
-    return fs.isdir(path)
+    return bool(fs.isdir(path))
 
 
 def _prepare_directory(output: str, targets: list[str]) -> None:
     """Create the output directory when writing several files into it."""
     if targets == ["-"] or targets == [output]:
         return
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(output)
     fs.makedirs(path, exist_ok=True)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 
 #: The environment variable carrying secret-bearing ``-o`` items (comma-separated, as in ``-o``).
@@ -102,8 +103,6 @@ def reexec_without_secrets(argv: Sequence[str]) -> None:
 
     Returns only when ``argv`` holds no secret (nothing to do).
     """
-    import sys
-
     cleaned, secrets = split_argv(argv)
     if not secrets:
         return

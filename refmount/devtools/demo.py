@@ -22,6 +22,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from refmount.devtools.localstore import LocalS3
+from refmount.scan.hdf5 import scan_hdf5
+
 
 def write_sample(path: Path) -> dict[str, np.ndarray]:
     """A small climate-like file: temperature on (time, lat, lon), compressed and chunked."""
@@ -60,9 +63,7 @@ def _run(command: list[str], env: dict[str, str] | None = None) -> str:
 
 
 def run_demo(workdir: str | None = None) -> int:
-    from refmount.devtools.localstore import LocalS3
-    from refmount.scan.hdf5 import scan_hdf5
-
+    """Run the demo in ``workdir`` (kept) or a temporary directory (removed); 0 when all values match."""
     base = Path(workdir or tempfile.mkdtemp(prefix="refmount-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     mountpoint = base / "mnt"
@@ -102,6 +103,9 @@ def run_demo(workdir: str | None = None) -> int:
 
 
 def _compare_with_xarray(mountpoint: Path, expected: dict[str, np.ndarray]) -> bool:
+    """Open the mountpoint with xarray (zarr alone when xarray is missing) and compare with ``expected``."""
+    # Imported here on purpose: xarray is optional (zarr is the fallback) and takes a few tenths of a second to
+    # import, which every ``refmount`` command would pay since the CLI imports this module.
     try:
         import xarray
     except ImportError:
@@ -109,7 +113,8 @@ def _compare_with_xarray(mountpoint: Path, expected: dict[str, np.ndarray]) -> b
 
         group = zarr.open_group(str(mountpoint), mode="r")
         print(group.tree())
-        return all(np.array_equal(group[name][...], values) for name, values in expected.items())
+        arrays = dict(group.arrays())
+        return all(np.array_equal(np.asarray(arrays[name]), values) for name, values in expected.items())
     dataset = xarray.open_zarr(str(mountpoint), consolidated=False, decode_times=False)
     print(dataset)
     t2m = dataset["t2m"]

@@ -217,6 +217,9 @@ class LocalS3:
 
     def filesystem(self) -> s3fs.S3FileSystem:
         """A fresh ``S3FileSystem`` (no instance cache, so tests never share state)."""
+        # s3fs and botocore are imported on first use, here and in _client: every ``refmount``
+        # command imports this module (for ``refmount demo``), and together they add about 0.1 s
+        # of start-up that mounts of local or HTTP reference sets never need.
         import s3fs
 
         return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options())
@@ -226,25 +229,28 @@ class LocalS3:
     def _boto(self) -> Any:
         """A synchronous botocore client with bounded timeouts, created lazily."""
         if self._client is None:
-            import botocore.config
-            import botocore.session
-
-            session = botocore.session.Session()
-            config = botocore.config.Config(
-                connect_timeout=2,
-                read_timeout=30,
-                retries={"mode": "standard", "max_attempts": 5},
-                s3={"addressing_style": "path"},
-            )
-            self._client = session.create_client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                region_name=REGION,
-                aws_access_key_id=self.access_key,
-                aws_secret_access_key=self.secret_key,
-                config=config,
-            )
+            self._client = self._new_client(connect_timeout=2, read_timeout=30,
+                                            retries={"mode": "standard", "max_attempts": 5})
         return self._client
+
+    def _new_client(self, *, connect_timeout: float, read_timeout: float, retries: dict[str, Any]) -> Any:
+        """A botocore S3 client for this server (path-style addressing, this server's keys)."""
+        import botocore.config  # lazily, for start-up time: see filesystem()
+        import botocore.session
+
+        return botocore.session.Session().create_client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=botocore.config.Config(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries=retries,
+                s3={"addressing_style": "path"},
+            ),
+        )
 
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name``; creating one that already exists is not an error."""
@@ -272,7 +278,8 @@ class LocalS3:
     def get(self, url_or_key: str) -> bytes:
         """Read a whole object back; a convenience for checks and diagnostics."""
         bucket, key = _split_url(url_or_key)
-        return self._boto().get_object(Bucket=bucket, Key=key)["Body"].read()
+        body: bytes = self._boto().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
 
     def log_tail(self, n: int = 50) -> str:
         """The last ``n`` lines of the server log, for failure messages."""
@@ -434,22 +441,7 @@ class LocalS3:
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll until ListBuckets answers and an object written can be read back."""
-        import botocore.config
-        import botocore.session
-
-        probe = botocore.session.Session().create_client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            config=botocore.config.Config(
-                connect_timeout=1,
-                read_timeout=5,
-                retries={"total_max_attempts": 1},
-                s3={"addressing_style": "path"},
-            ),
-        )
+        probe = self._new_client(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1})
         payload = secrets.token_bytes(32)
         deadline = time.monotonic() + timeout
         last_error: BaseException | None = None
@@ -464,7 +456,7 @@ class LocalS3:
                 probe.put_object(Bucket=PROBE_BUCKET, Key="probe", Body=payload)
                 if probe.get_object(Bucket=PROBE_BUCKET, Key="probe")["Body"].read() == payload:
                     return
-            except Exception as exc:  # any failure just means "not ready yet"
+            except Exception as exc:  # noqa: BLE001 - any failure just means "not ready yet"
                 last_error = exc
             time.sleep(0.2)
         raise LocalS3Error(

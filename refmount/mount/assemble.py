@@ -1,31 +1,19 @@
-"""Many reference sets under one mount, loaded lazily, unloaded when idle, reloaded atomically.
+"""Building the layers of one mount from its config: store, cache, views, filesystems, router.
 
-A mount serves either one reference set at its root, or a *collection*: a
-directory or URL prefix holding many sets (kerchunk JSON files, possibly
-compressed, and Parquet reference directories), each shown as a
-subdirectory named after it (``era5.json`` -> ``era5/``).
-
-Lifecycle of a set in a collection. Listing the mount root never loads a
-set: its subdirectories are synthesised from the listing of the source.
-The first lookup inside a set loads it (once, whoever asks at the same
-time waits for the same load) and builds a :class:`RefFilesystem` over the
-process-wide cache and backend, so there is still one memory budget for the
-whole mount. A set nobody has touched for ``idle_unload`` seconds and that
-has no open file is dropped again. A set that fails to load is shown as a
-directory whose contents answer EIO, with the reason logged once; its
-neighbours are unaffected and the load is retried after a pause or a reload.
-
-Reload (SIGHUP, ``refmount reload``) lists the source again: new sets
-appear, removed sets disappear, and a set whose fingerprint (size, ETag or
-mtime) changed is rebuilt and swapped in with one reference assignment.
-Open files hold the filesystem generation they were opened on, so they keep
-reading the data they opened; new opens see the new generation. A changed
-set that fails to load keeps serving its previous version (an operator's
-bad upload must not take data away from running jobs) and the failure is
-logged and counted.
-
-Every set, JSON or Parquet, is opened by :func:`refmount.refs.open.open_reference_set`,
-the same entry point ``refmount inspect`` uses; it detects the format itself.
+:func:`open_tree` is the one place that knows how the layers fit together
+for a :class:`~refmount.config.options.MountConfig`: one fsspec backend and
+one block cache (and one decoded-chunk cache) per mount, shared by every
+reference set it serves, so a collection of sets still has a single memory
+budget; a ``build`` function that turns one set into a
+:class:`~refmount.fs.filesystem.RefFilesystem` (checking its URLs against
+the ``allow`` policy once, and warning about refused ones before anything
+is read); and the :class:`~refmount.fs.router.SetRouter` that decides when
+to call it (see that module for the lifecycle of sets in a collection).
+Every set, JSON or Parquet, is opened by
+:func:`refmount.refs.open.open_reference_set`, which detects the format
+itself. ``serve`` mounts what this returns and closes it with
+:meth:`ServedTree.close`; ``refmount inspect`` reuses the option helpers
+here so it reads a set exactly as a mount would.
 """
 
 from __future__ import annotations
@@ -36,6 +24,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import fsspec
 
 from refmount.config.options import MountConfig
 from refmount.fs.filesystem import RefFilesystem, TreeOwner
@@ -61,7 +51,7 @@ from refmount.store.redirects import origin_of
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import DecodedChunkCache, cache_budgets, present
 
-log = logging.getLogger("refmount.mount")
+log = logging.getLogger("refmount.sets")
 
 
 @dataclass
@@ -78,9 +68,8 @@ class ServedTree:
         self.backend.close()
 
 
-def open_tree(config: Any) -> ServedTree:
+def open_tree(config: MountConfig) -> ServedTree:
     """Build the layers for ``config`` (a MountConfig) and list or load its reference set(s)."""
-
     started = time.monotonic()
     metrics = Metrics()
     options = backend_options(config)
@@ -131,16 +120,15 @@ def open_tree(config: Any) -> ServedTree:
         raise
     if collection:
         log.info("serving %d reference sets from %s (loaded on first use) after %.2f s",
-                 len(router._slots), redact_url(config.source), time.monotonic() - started)
+                 int(metrics.snapshot()["sets"]), redact_url(config.source), time.monotonic() - started)
     return ServedTree(router, backend, cache, metrics)
 
 
 def _single_source(source: str, storage: Mapping[str, Any]) -> SetSource:
+    """The one set a non-collection source names: JSON by suffix, else Parquet if it holds the marker."""
     kind = "json"
     if not any(source.lower().endswith(suffix) for suffix in JSON_SUFFIXES):
         try:
-            import fsspec
-
             fs, path = fsspec.core.url_to_fs(source, **dict(storage))
             if fs.isdir(path) and fs.exists(posixpath.join(path, PARQUET_MARKER)):
                 kind = "parquet"
@@ -150,6 +138,7 @@ def _single_source(source: str, storage: Mapping[str, Any]) -> SetSource:
 
 
 def backend_options(config: MountConfig) -> BackendOptions:
+    """How the backend reaches the object store, and which URLs it may read (the ``allow`` policy)."""
     return BackendOptions(
         endpoint_url=config.endpoint_url,
         region=config.region,
@@ -163,9 +152,8 @@ def backend_options(config: MountConfig) -> BackendOptions:
     )
 
 
-def reference_storage_options(config: MountConfig) -> dict:
+def reference_storage_options(config: MountConfig) -> dict[str, Any]:
     """fsspec options for reading the reference file itself."""
-
     options = filesystem_options(protocol_of(config.source), backend_options(config),
                                  redirect_origin=origin_of(config.source))
     options.pop("skip_instance_cache", None)

@@ -1,25 +1,13 @@
-"""Mount lifecycle: assemble the layers, serve FUSE, signal readiness, unmount.
+"""Background mode: ``refmount mount`` without ``-f`` runs the foreground daemon detached and waits for it.
 
-Foreground is the primitive: ``serve`` loads the reference set, checks the
-mountpoint and blocks in the FUSE loop until unmounted. Background mode
-(``refmount mount`` without ``-f``) starts the same command with
-``--foreground`` as a new session via exec, before any thread exists, and
-returns once the mount answers, or prints the daemon's error and fails;
-nothing ever forks a process that already runs threads.
-
-Signals. Python runs its signal handlers only in the main thread between
-bytecodes, and the main thread sits in libfuse's C loop for the whole
-mount, so handlers would never run. Instead, every signal we handle gets a
-no-op Python handler (which also keeps libfuse from installing its own: it
-only does where the disposition is SIG_DFL), and ``signal.set_wakeup_fd``
-makes the C-level handler write the signal number to a pipe that a watcher
-thread reads. SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount with
-fusermount, which ends the FUSE loop; ``serve`` then closes everything and
-returns 0. SIGHUP: reload the reference set(s). SIGUSR1 dumps every thread's
-stack to the log through faulthandler, which works at C level even when
-the interpreter is stuck. (fusepy resets SIGINT to the default just before
-entering libfuse, so for SIGINT libfuse's own handler ends the loop and
-unmounts: the same outcome, exit 0.)
+The daemon is this same command with ``--foreground``, started with exec as a
+new session *before this process has started any thread*: forking a process
+that already runs threads (the FUSE loop, cache workers, the event loop of
+fsspec) can leave locks held forever in the child, so nothing ever does.
+This process then returns only once the mount answers (exit 0), or prints
+the daemon's log since it started and fails with its status, which is what
+a shell, mount(8) and fstab expect of a mount command. Credentials travel in
+the daemon's environment, never in its argv (see ``refmount.cli.secretargs``).
 """
 
 from __future__ import annotations
@@ -28,9 +16,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
-from refmount.mount.mountpoint import answers
+from refmount.mount.mountpoint import DaemonExited, MountTimedOut, wait_until_answers
 
 
 def default_log_path(mountpoint: str) -> str:
@@ -58,22 +45,22 @@ def start_background(argv: list[str], mountpoint: str, log_file: str | None, tim
             command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True, close_fds=True,
             env=env,
         )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = child.poll()
-        if code is not None:
-            sys.stderr.write(_log_since(log_path, start_offset) or f"refmount daemon exited with status {code}\n")
-            return code or 1
-        if answers(mountpoint):
-            return 0
-        time.sleep(0.05)
-    child.terminate()
-    sys.stderr.write(_log_since(log_path, start_offset))
-    sys.stderr.write(f"refmount: mount at {mountpoint} did not answer within {timeout:.0f} s; log: {log_path}\n")
-    return 1
+    try:
+        wait_until_answers(mountpoint, timeout, process=child)
+    except DaemonExited as exc:
+        code = exc.returncode
+        sys.stderr.write(_log_since(log_path, start_offset) or f"refmount daemon exited with status {code}\n")
+        return code or 1
+    except MountTimedOut:
+        child.terminate()
+        sys.stderr.write(_log_since(log_path, start_offset))
+        sys.stderr.write(f"refmount: mount at {mountpoint} did not answer within {timeout:.0f} s; log: {log_path}\n")
+        return 1
+    return 0
 
 
 def _log_since(path: str, offset: int) -> str:
+    """What the daemon logged since ``offset``: this start's lines only, also when the log is shared."""
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)

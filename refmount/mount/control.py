@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from refmount.errors import ConfigError
-from refmount.mount.mountpoint import is_stale_mount
+from refmount.mount.mountpoint import is_stale
 
 log = logging.getLogger("refmount.control")
 
@@ -131,13 +131,12 @@ def read_stats(mountpoint: str, *, timeout: float = 10.0) -> dict[str, Any]:
             while chunk := channel.recv(1 << 16):
                 chunks.append(chunk)
         except (ConnectionRefusedError, FileNotFoundError):
-
-            if is_stale_mount(mountpoint):
+            if is_stale(mountpoint):
                 raise ConfigError(f"{mountpoint} is a stale mount: its daemon died (refmount umount {mountpoint})") from None
             raise ConfigError(f"{mountpoint} is not a running refmount mount") from None
         except OSError as exc:
             raise ConfigError(f"cannot read figures of {mountpoint}: {exc.strerror or exc}") from None
-    figures = json.loads(b"".join(chunks))
+    figures: dict[str, Any] = json.loads(b"".join(chunks))
     if "error" in figures:
         raise ConfigError(f"cannot read figures of {mountpoint}: {figures['error']}")
     return figures

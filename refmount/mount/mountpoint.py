@@ -1,25 +1,21 @@
-"""Mount lifecycle: assemble the layers, serve FUSE, signal readiness, unmount.
+"""The mountpoint questions everyone asks: is something mounted, is it stale, does it answer; and unmounting.
 
-Foreground is the primitive: ``serve`` loads the reference set, checks the
-mountpoint and blocks in the FUSE loop until unmounted. Background mode
-(``refmount mount`` without ``-f``) starts the same command with
-``--foreground`` as a new session via exec, before any thread exists, and
-returns once the mount answers, or prints the daemon's error and fails;
-nothing ever forks a process that already runs threads.
+The daemon (before mounting and on a signal), ``refmount mount`` in
+background mode, the systemd readiness hook, ``refmount stats``, the tests
+and the benchmarks all ask the same questions of a FUSE mountpoint, and the
+answers hinge on kernel details that are easy to get subtly wrong, so they
+live here once:
 
-Signals. Python runs its signal handlers only in the main thread between
-bytecodes, and the main thread sits in libfuse's C loop for the whole
-mount, so handlers would never run. Instead, every signal we handle gets a
-no-op Python handler (which also keeps libfuse from installing its own: it
-only does where the disposition is SIG_DFL), and ``signal.set_wakeup_fd``
-makes the C-level handler write the signal number to a pipe that a watcher
-thread reads. SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount with
-fusermount, which ends the FUSE loop; ``serve`` then closes everything and
-returns 0. SIGHUP: reload the reference set(s). SIGUSR1 dumps every thread's
-stack to the log through faulthandler, which works at C level even when
-the interpreter is stuck. (fusepy resets SIGINT to the default just before
-entering libfuse, so for SIGINT libfuse's own handler ends the loop and
-unmounts: the same outcome, exit 0.)
+* ``os.path.ismount`` lstat()s the path, which fails for a mount whose
+  daemon died (the kernel answers ENOTCONN), so such a *stale* mount looks
+  like "not mounted" to it; :func:`is_mounted` counts it.
+* ``stat`` may be answered from attributes the kernel cached, even for a
+  dead daemon; ``statvfs`` always asks the daemon. A mount *answers* only
+  when both succeed.
+* Unmounting tries one order of tools everywhere: ``fusermount3`` (libfuse
+  3), ``fusermount`` (libfuse 2), then ``umount`` (root, and mounts made by
+  mount(8)); lazily (``-z``/``-l``) when asked, which also detaches a busy
+  or stale mount.
 """
 
 from __future__ import annotations
@@ -28,18 +24,50 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
 
-from refmount.errors import ConfigError
+from refmount.errors import ConfigError, RefmountError
 
-log = logging.getLogger("refmount.mount")
+log = logging.getLogger("refmount.daemon")
 
+#: A mountpoint as the callers hold it: a string or a ``pathlib.Path``.
+MountPath = str | os.PathLike[str]
 
 #: What the kernel answers for a FUSE mount whose daemon died.
 STALE_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
+#: Unmount tools in the order they are tried, each with its lazy flag.
+UNMOUNT_TOOLS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("fusermount3", ("-u",), "-z"),
+    ("fusermount", ("-u",), "-z"),
+    ("umount", (), "-l"),
+)
 
-def is_stale_mount(path: str) -> bool:
+#: Seconds one unmount tool may take before the next one is tried.
+UNMOUNT_TOOL_TIMEOUT = 20.0
+
+
+class MountNotAnswering(RefmountError):
+    """:func:`wait_until_answers` gave up: the mount did not answer in time, or its daemon exited."""
+
+
+class MountTimedOut(MountNotAnswering):
+    """The mount did not answer within the timeout (its daemon may still be starting)."""
+
+
+class DaemonExited(MountNotAnswering):
+    """The daemon exited before its mount answered; ``returncode`` is its exit status when known."""
+
+    def __init__(self, message: str, returncode: int | None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
+def is_stale(path: MountPath) -> bool:
     """Whether ``path`` is a mount whose daemon died (statfs asks the daemon; stat may be cached)."""
     try:
         os.statvfs(path)
@@ -48,8 +76,82 @@ def is_stale_mount(path: str) -> bool:
     return False
 
 
+def is_mounted(path: MountPath) -> bool:
+    """Whether something is mounted at ``path``, answering or stale."""
+    return os.path.ismount(path) or is_stale(path)
+
+
+def answers(path: MountPath, probe: str | None = None) -> bool:
+    """Whether ``path`` is a mount that really answers: mounted, and statvfs and stat succeed.
+
+    ``probe``, a path relative to the mount, must be found too: some FUSE
+    daemons answer for their root before the tree below it is served.
+    """
+    try:
+        if not os.path.ismount(path):
+            return False
+        os.statvfs(path)
+        os.stat(os.path.join(path, probe) if probe else path)
+    except OSError:
+        return False
+    return True
+
+
+def wait_until_answers(
+    path: MountPath,
+    timeout: float,
+    *,
+    process: subprocess.Popen[Any] | Callable[[], bool] | None = None,
+    probe: str | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Return once ``path`` answers; raise :class:`MountTimedOut` or :class:`DaemonExited` otherwise.
+
+    ``process`` is the daemon (a ``Popen``, whose exit status the error then
+    carries) or a predicate that is true once the daemon died, so a daemon
+    that failed is reported at once rather than after the whole timeout.
+    ``probe``: see :func:`answers`.
+    """
+    deadline = time.monotonic() + timeout
+    while not answers(path, probe):
+        if isinstance(process, subprocess.Popen):
+            if process.poll() is not None:
+                raise DaemonExited(f"the daemon exited with status {process.returncode} before {path} answered",
+                                   process.returncode)
+        elif process is not None and process():
+            raise DaemonExited(f"the daemon died before {path} answered", None)
+        if time.monotonic() > deadline:
+            raise MountTimedOut(f"mount at {path} did not answer within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def unmount(path: MountPath, *, lazy: bool = False) -> None:
+    """Unmount a refmount tree, also one whose daemon died; raise ConfigError naming each tool's failure."""
+    mountpoint = os.path.abspath(path)
+    errors: list[str] = []
+    for tool, arguments, lazy_flag in UNMOUNT_TOOLS:
+        if not shutil.which(tool):
+            continue
+        command = [tool, *arguments, *([lazy_flag] if lazy else []), mountpoint]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=UNMOUNT_TOOL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            errors.append(f"{tool}: no answer within {UNMOUNT_TOOL_TIMEOUT:.0f} s")
+            continue
+        except OSError as exc:
+            errors.append(f"{tool}: {exc.strerror or exc}")
+            continue
+        if result.returncode == 0:
+            return
+        errors.append(f"{tool}: {result.stderr.strip() or result.returncode}")
+    raise ConfigError(f"could not unmount {mountpoint}: " + "; ".join(errors or ["no unmount tool found"]))
+
+
 def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
-    """Refuse a mountpoint that is missing, in use, stale or (unless asked) not empty."""
+    """Refuse a mountpoint that is missing, in use, stale or (unless asked) not empty.
+
+    With ``force`` a stale mount is detached lazily first (``--force``).
+    """
     try:
         st = os.stat(path)
         if os.path.ismount(path):
@@ -67,39 +169,9 @@ def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
         if exc.errno == errno.ENOENT:
             raise ConfigError(f"mountpoint {path} does not exist") from None
         raise ConfigError(f"mountpoint {path}: {exc.strerror}") from None
-    import stat as stat_module
-
-    if not stat_module.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"mountpoint {path} is not a directory")
     if os.path.ismount(path):
         raise ConfigError(f"{path} is already a mountpoint (unmount it first)")
     if not nonempty and os.listdir(path):
         raise ConfigError(f"mountpoint {path} is not empty (use -o nonempty to mount over it)")
-
-
-def answers(mountpoint: str) -> bool:
-    try:
-        if not os.path.ismount(mountpoint):
-            return False
-        os.stat(mountpoint)
-        return True
-    except OSError:
-        return False
-
-
-def unmount(mountpoint: str, *, lazy: bool = False) -> None:
-    """Unmount a refmount tree, also one whose daemon died (a stale mount)."""
-    mountpoint = os.path.abspath(mountpoint)
-    attempts: list[list[str]] = []
-    for tool in ("fusermount3", "fusermount"):
-        if shutil.which(tool):
-            attempts.append([tool, "-u", *(["-z"] if lazy else []), mountpoint])
-    if shutil.which("umount"):
-        attempts.append(["umount", *(["-l"] if lazy else []), mountpoint])
-    errors: list[str] = []
-    for command in attempts:
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode == 0:
-            return
-        errors.append(f"{command[0]}: {result.stderr.strip() or result.returncode}")
-    raise ConfigError(f"could not unmount {mountpoint}: " + "; ".join(errors or ["no unmount tool found"]))

@@ -1,25 +1,18 @@
-"""Mount lifecycle: assemble the layers, serve FUSE, signal readiness, unmount.
+"""Foreground serving: ``refmount mount -f``, the primitive every other way of mounting runs.
 
-Foreground is the primitive: ``serve`` loads the reference set, checks the
-mountpoint and blocks in the FUSE loop until unmounted. Background mode
-(``refmount mount`` without ``-f``) starts the same command with
-``--foreground`` as a new session via exec, before any thread exists, and
-returns once the mount answers, or prints the daemon's error and fails;
-nothing ever forks a process that already runs threads.
+:func:`serve` checks the mountpoint, builds the layers (:mod:`refmount.mount.assemble`),
+starts the side channels (stats socket, optional Prometheus endpoint, signal
+watcher) and blocks in the libfuse loop until the tree is unmounted; then it
+closes everything and returns the exit code. Background mode, mount(8) and
+systemd all end up here, so there is one code path to get right. A mount that
+cannot start says why in one log line and returns 2 (1 when libfuse itself
+refuses), which ``refmount mount`` and mount(8) pass on.
 
-Signals. Python runs its signal handlers only in the main thread between
-bytecodes, and the main thread sits in libfuse's C loop for the whole
-mount, so handlers would never run. Instead, every signal we handle gets a
-no-op Python handler (which also keeps libfuse from installing its own: it
-only does where the disposition is SIG_DFL), and ``signal.set_wakeup_fd``
-makes the C-level handler write the signal number to a pipe that a watcher
-thread reads. SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount with
-fusermount, which ends the FUSE loop; ``serve`` then closes everything and
-returns 0. SIGHUP: reload the reference set(s). SIGUSR1 dumps every thread's
-stack to the log through faulthandler, which works at C level even when
-the interpreter is stuck. (fusepy resets SIGINT to the default just before
-entering libfuse, so for SIGINT libfuse's own handler ends the loop and
-unmounts: the same outcome, exit 0.)
+Signals: the main thread spends the whole mount inside libfuse's C loop,
+where Python signal handlers never run, so SIGTERM/SIGINT/SIGHUP are acted on
+by a watcher thread instead (see :mod:`refmount.mount.signals` for why and
+how); SIGUSR1 dumps every thread's stack through faulthandler, registered
+here because it must work even when the interpreter is stuck.
 """
 
 from __future__ import annotations
@@ -30,11 +23,13 @@ import os
 import signal
 import sys
 import time
+from dataclasses import fields
+from typing import Any
 
 from refmount.config.options import MountConfig
 from refmount.errors import RefmountError
 from refmount.fs.fuse_adapter import FuseAdapter, run_fuse
-from refmount.mount.assemble import open_tree
+from refmount.mount.assemble import ServedTree, open_tree
 from refmount.mount.control import ControlServer
 from refmount.mount.logs import setup_logging
 from refmount.mount.mountpoint import check_mountpoint
@@ -45,22 +40,11 @@ from refmount.urls import redact_url
 
 log = logging.getLogger("refmount.daemon")
 
-
-
-
-
-
-
-
-
-
-
-
 #: Kernel name/attribute cache bound for mounts whose tree changes on reload (collections).
 RELOADABLE_TIMEOUT = 1.0
 
 
-def fuse_options(config: MountConfig, *, reloadable: bool = False) -> dict:
+def fuse_options(config: MountConfig, *, reloadable: bool = False) -> dict[str, Any]:
     """libfuse options: read-only, immutable data cached by the kernel, our inode numbers.
 
     A collection of sets changes on reload, so there the kernel keeps names and
@@ -68,7 +52,7 @@ def fuse_options(config: MountConfig, *, reloadable: bool = False) -> dict:
     unchanged (auto_cache); data of an unchanged set stays in the page cache.
     """
     timeout = min(config.attr_timeout, RELOADABLE_TIMEOUT) if reloadable else config.attr_timeout
-    options: dict = {
+    options: dict[str, Any] = {
         "ro": True,
         "fsname": "refmount:" + redact_url(config.source).replace(",", "%2C"),
         "subtype": "refmount",
@@ -89,13 +73,8 @@ def fuse_options(config: MountConfig, *, reloadable: bool = False) -> dict:
     return options
 
 
-
-
-
-
 def serve(config: MountConfig, *, force: bool = False) -> int:
     """Mount in the foreground and block until unmounted; the exit code of ``refmount mount -f``."""
-
     handler = setup_logging(config.log_level, config.log_file)
     stream = getattr(handler, "stream", sys.stderr)
     faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
@@ -111,9 +90,9 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
         log.error("cannot mount %s: %s: %s", redact_url(config.source), type(exc).__name__, exc)
         return 2
 
-
-    def report() -> dict:
-        figures: dict = dict(tree.metrics.snapshot())
+    def report() -> dict[str, Any]:
+        """The figures ``refmount stats`` and the Prometheus endpoint show."""
+        figures: dict[str, Any] = dict(tree.metrics.snapshot())
         figures.update(tree.router.status())
         figures.update(pid=os.getpid(), mountpoint=config.mountpoint, source=redact_url(config.source),
                        uptime_seconds=time.time() - started)
@@ -123,7 +102,6 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
                           stateless_open=not tree.router.collection, xattrs=config.xattrs)
     metrics_server = None
     if config.metrics_port is not None:
-
         try:
             metrics_server = MetricsServer(report, {"mountpoint": config.mountpoint}, config.metrics_address,
                                            config.metrics_port).start()
@@ -149,21 +127,19 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
     return 0
 
 
-def _reload(tree) -> None:  # type: ignore[no-untyped-def]
+def _reload(tree: ServedTree) -> None:
+    """Reload the set(s), telling systemd while it runs; the router records the outcome for ``refmount reload``."""
     notify_systemd("RELOADING=1\nSTATUS=reloading")
     try:
-        result = tree.router.reload()
+        tree.router.reload()
     finally:
         notify_systemd("READY=1\nSTATUS=serving")
-    del result
 
 
 def describe_config(config: MountConfig) -> str:
     """The effective options for a debug line: storage option values are never shown."""
-    from dataclasses import fields as dataclass_fields
-
     parts = []
-    for item in dataclass_fields(config):
+    for item in fields(config):
         value = getattr(config, item.name)
         if item.name == "storage_options":
             value = {protocol: sorted(options) for protocol, options in value.items()}
@@ -171,21 +147,3 @@ def describe_config(config: MountConfig) -> str:
             value = redact_url(value)
         parts.append(f"{item.name}={value}")
     return " ".join(parts)
-
-
-
-
-# -- background mode ------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-# -- unmounting -----------------------------------------------------------------
-
-

@@ -1,25 +1,25 @@
-"""Mount lifecycle: assemble the layers, serve FUSE, signal readiness, unmount.
+"""Signals while the main thread is inside libfuse: unmount on SIGTERM/SIGINT, reload on SIGHUP.
 
-Foreground is the primitive: ``serve`` loads the reference set, checks the
-mountpoint and blocks in the FUSE loop until unmounted. Background mode
-(``refmount mount`` without ``-f``) starts the same command with
-``--foreground`` as a new session via exec, before any thread exists, and
-returns once the mount answers, or prints the daemon's error and fails;
-nothing ever forks a process that already runs threads.
-
-Signals. Python runs its signal handlers only in the main thread between
-bytecodes, and the main thread sits in libfuse's C loop for the whole
-mount, so handlers would never run. Instead, every signal we handle gets a
-no-op Python handler (which also keeps libfuse from installing its own: it
-only does where the disposition is SIG_DFL), and ``signal.set_wakeup_fd``
+Python runs its signal handlers only in the main thread, between bytecodes,
+and the main thread of a mount sits in libfuse's C loop for the mount's whole
+life, so ordinary handlers would never run. Instead every signal handled here
+gets a no-op Python handler, which also keeps libfuse from installing its own
+(it only does where the disposition is SIG_DFL), and ``signal.set_wakeup_fd``
 makes the C-level handler write the signal number to a pipe that a watcher
-thread reads. SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount with
-fusermount, which ends the FUSE loop; ``serve`` then closes everything and
-returns 0. SIGHUP: reload the reference set(s). SIGUSR1 dumps every thread's
-stack to the log through faulthandler, which works at C level even when
-the interpreter is stuck. (fusepy resets SIGINT to the default just before
-entering libfuse, so for SIGINT libfuse's own handler ends the loop and
-unmounts: the same outcome, exit 0.)
+thread reads and acts on:
+
+* SIGTERM/SIGINT: tell systemd STOPPING=1 and unmount, which ends the FUSE
+  loop; ``serve`` then closes everything and returns 0. If files are still
+  open the unmount is refused and the tree is detached lazily instead (the
+  daemon exits when the last one is closed); a second signal detaches lazily
+  at once.
+* SIGHUP: reload the reference set(s), what ``refmount reload`` and systemd's
+  ``ExecReload`` send.
+
+fusepy resets SIGINT to the default just before entering libfuse, so for
+SIGINT libfuse's own handler ends the loop and unmounts: the same outcome,
+exit 0. SIGUSR1 (stack dump) is not handled here: faulthandler does it at C
+level, which works even when the interpreter is stuck (see ``serve``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 
 from refmount.errors import ConfigError
-from refmount.mount.mountpoint import unmount
+from refmount.mount.mountpoint import is_mounted, unmount
 from refmount.mount.systemd import notify_systemd
 
 log = logging.getLogger("refmount.daemon")
@@ -76,7 +76,7 @@ class SignalWatcher:
             self._reload()
             return
         if self._stopping:
-            if not os.path.ismount(self.mountpoint):
+            if not is_mounted(self.mountpoint):
                 return
             log.warning("%s again: detaching %s lazily", signum.name, self.mountpoint)
             unmount(self.mountpoint, lazy=True)

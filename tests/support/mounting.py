@@ -6,10 +6,13 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from refmount.errors import ConfigError
+from refmount.mount.mountpoint import DaemonExited, MountTimedOut, is_mounted, unmount, wait_until_answers
+from refmount.mount.mountpoint import answers as answers  # the tests ask it of their mounts
 
 
 @dataclass
@@ -27,22 +30,10 @@ class Mount:
             return ""
 
 
-def answers(path: Path) -> bool:
-    """Whether ``path`` is a mount that answers (a dead daemon's mount is there but does not)."""
-    try:
-        return os.path.ismount(path) and os.stat(path) is not None
-    except OSError:
-        return False
-
-
 def force_unmount(path: Path) -> None:
-    """Unmount ``path`` whatever state its daemon is in."""
-    for command in (["fusermount3", "-u", "-z", str(path)], ["fusermount", "-u", "-z", str(path)], ["umount", "-l", str(path)]):
-        try:
-            if subprocess.run(command, capture_output=True, timeout=10).returncode == 0:
-                return
-        except (OSError, subprocess.TimeoutExpired):
-            continue
+    """Unmount ``path`` whatever state its daemon is in (lazily: a busy or stale mount is detached too)."""
+    with contextlib.suppress(ConfigError):
+        unmount(path, lazy=True)
 
 
 @contextlib.contextmanager
@@ -66,23 +57,23 @@ def mounted(
         )
     mount = Mount(path, process, log_path)
     try:
-        deadline = time.monotonic() + timeout
-        while not answers(path):
-            if process.poll() is not None:
-                raise AssertionError(f"refmount exited with {process.returncode} before mounting:\n{mount.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mount at {path} did not appear within {timeout} s:\n{mount.log()}")
-            time.sleep(0.05)
+        try:
+            wait_until_answers(path, timeout, process=process)
+        except DaemonExited:
+            raise AssertionError(f"refmount exited with {process.returncode} before mounting:\n{mount.log()}") from None
+        except MountTimedOut:
+            raise AssertionError(f"mount at {path} did not appear within {timeout} s:\n{mount.log()}") from None
         yield mount
     finally:
-        if answers(path) or os.path.ismount(path):
-            subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, timeout=20)
+        if is_mounted(path):
+            with contextlib.suppress(ConfigError):
+                unmount(path)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-        if os.path.ismount(path):
+        if is_mounted(path):
             force_unmount(path)
         if process.returncode not in (0, None, -9):
             sys.stderr.write(f"refmount daemon exited with {process.returncode}; log:\n{mount.log()[-4000:]}\n")

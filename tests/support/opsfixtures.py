@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 from refmount.cli.fstab import install_helpers
+from refmount.errors import ConfigError
+from refmount.mount.mountpoint import answers as answers  # the operations tests ask it of their mounts
+from refmount.mount.mountpoint import is_mounted, unmount
 from tests.support.datasets import kerchunk_references, write_hdf5
-from tests.support.mounting import answers  # noqa: F401 - re-exported for the operations tests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,11 +79,15 @@ def pid_alive(pid: int) -> bool:
 
 
 def cleanup_mount(path: Path) -> None:
-    """Detach whatever is left at ``path`` (tests unmount themselves; this is for failures)."""
-    if os.path.ismount(path) or not os.access(path, os.F_OK):
-        for command in (["umount", str(path)], ["umount", "-l", str(path)]):
-            if subprocess.run(command, capture_output=True).returncode == 0:
-                return
+    """Detach whatever is left at ``path``, also a stale mount (tests unmount themselves; this is for failures)."""
+    if not is_mounted(path):
+        return
+    for lazy in (False, True):
+        try:
+            unmount(path, lazy=lazy)
+            return
+        except ConfigError:
+            continue
 
 
 def which(tool: str) -> str:
