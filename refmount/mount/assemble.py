@@ -51,11 +51,8 @@ from refmount.refs.collection import (
     is_collection,
 )
 from refmount.refs.open import open_reference_set
-from refmount.store.fsspec_store import (
-    BackendOptions,
-    FsspecBackend,
-    filesystem_options,
-)
+from refmount.store.fsspec_store import FsspecBackend
+from refmount.store.options import BackendOptions, filesystem_options
 from refmount.store.policy import UrlPolicy
 from refmount.store.redirects import origin_of
 from refmount.urls import protocol_of, redact_url

@@ -36,7 +36,7 @@ from refmount.read.ranges import (
     plan_fetches,
     split_blocks,
 )
-from refmount.store.fsspec_store import RangeReader
+from refmount.store.base import RangeReader
 from refmount.urls import redact_url
 
 log = logging.getLogger("refmount.cache")
@@ -125,8 +125,7 @@ class BlockCache:
 
     def _bounded(self, url: str, extent: int) -> int:
         """Cut ``extent`` at the object's real size, so one reference past the end cannot spoil its neighbours' blocks."""
-        known_size = getattr(self.backend, "known_size", None)
-        size = known_size(url) if known_size is not None else None
+        size = self.backend.known_size(url)
         return extent if size is None else min(extent, size)
 
     def _needed(self, index: int, rng: ByteRange) -> int:

@@ -20,7 +20,7 @@ from refmount.read.ranges import clamp_read
 from refmount.read.readahead import ReadaheadPlanner
 from refmount.refs.model import Inline, Range, Reference, Whole
 from refmount.refs.tree import File, Namespace
-from refmount.store.fsspec_store import RangeReader
+from refmount.store.base import RangeReader
 
 log = logging.getLogger("refmount.reader")
 
