@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from refmount.config.options import MountConfig
+from refmount.config.options import MountConfig, backend_options
 from refmount.fs.filesystem import RefFilesystem, TreeOwner
 from refmount.fs.router import SetRouter
 from refmount.metrics import Metrics
@@ -52,8 +52,7 @@ from refmount.refs.collection import (
 )
 from refmount.refs.open import open_reference_set
 from refmount.store.fsspec_store import FsspecBackend
-from refmount.store.options import BackendOptions, filesystem_options
-from refmount.store.policy import UrlPolicy
+from refmount.store.options import filesystem_options
 from refmount.store.redirects import origin_of
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import DecodedChunkCache, cache_budgets, present
@@ -144,20 +143,6 @@ def _single_source(source: str, storage: Mapping[str, Any]) -> SetSource:
         except (OSError, ValueError):
             pass
     return SetSource("", source, kind)
-
-
-def backend_options(config: MountConfig) -> BackendOptions:
-    return BackendOptions(
-        endpoint_url=config.endpoint_url,
-        region=config.region,
-        profile=config.profile,
-        anon=config.anon,
-        timeout=config.timeout,
-        retries=config.retries,
-        max_concurrency=config.max_concurrency,
-        storage_options=config.storage_options,
-        policy=UrlPolicy.for_source(config.source, config.allow),
-    )
 
 
 def reference_storage_options(config: MountConfig) -> dict:
