@@ -16,8 +16,8 @@ from typing import Any
 
 import numcodecs
 
-from refmount.config.options import MountConfig
-from refmount.mount.assemble import backend_options, reference_storage_options
+from refmount.config.options import MountConfig, backend_options
+from refmount.mount.assemble import reference_storage_options
 from refmount.refs.model import Inline, Range, Whole
 from refmount.refs.open import open_reference_set
 from refmount.urls import protocol_of, redact_url

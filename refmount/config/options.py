@@ -5,6 +5,12 @@ Operators meet the same option in three places: ``refmount mount --cache-size 4G
 option is declared once in :data:`OPTIONS` (name, type, default, help), and
 the command line, the ``-o`` parser and the config loader are all generated
 from that table, so they cannot drift apart.
+
+The object-store options (endpoint, credentials, time bound, retries ...) are
+the backend's: their defaults are written once, in
+:class:`~refmount.store.options.BackendOptions`, and read from there by the
+table and by :class:`MountConfig`; :func:`backend_options` hands a config's
+values back to the backend by field name.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from refmount.errors import ConfigError
+from refmount.store.options import BackendOptions
+from refmount.store.policy import UrlPolicy
 from refmount.views.decoded import parse_view as parse
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -59,7 +67,6 @@ def parse_list(text: str | list[str]) -> tuple[str, ...]:
 
 
 def parse_view(text: Any) -> str:
-
     return parse(text)
 
 
@@ -87,15 +94,20 @@ class Option:
     is_flag: bool = False  # a boolean that may be given without a value
 
 
+#: The defaults of the backend's options, as :class:`BackendOptions` declares them.
+_STORE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(BackendOptions)}
+
 OPTIONS: tuple[Option, ...] = (
     # Backend
-    Option("endpoint_url", _str, None, "S3 endpoint for S3-compatible stores (Ceph RGW, MinIO, SeaweedFS)", "URL"),
-    Option("region", _str, None, "S3 region", "NAME"),
-    Option("profile", _str, None, "AWS profile to take credentials from", "NAME"),
-    Option("anon", parse_bool, False, "access S3 anonymously (public buckets)", is_flag=True),
-    Option("timeout", _float, 30.0, "seconds after which a read that the store does not answer fails with EIO", "SECONDS"),
-    Option("retries", _int, 4, "attempts for a ranged GET that fails with a transient error", "N"),
-    Option("max_concurrency", _int, 32, "ranged GETs in flight at once for one read", "N"),
+    Option("endpoint_url", _str, _STORE_DEFAULTS["endpoint_url"],
+           "S3 endpoint for S3-compatible stores (Ceph RGW, MinIO, SeaweedFS)", "URL"),
+    Option("region", _str, _STORE_DEFAULTS["region"], "S3 region", "NAME"),
+    Option("profile", _str, _STORE_DEFAULTS["profile"], "AWS profile to take credentials from", "NAME"),
+    Option("anon", parse_bool, _STORE_DEFAULTS["anon"], "access S3 anonymously (public buckets)", is_flag=True),
+    Option("timeout", _float, _STORE_DEFAULTS["timeout"],
+           "seconds after which a read that the store does not answer fails with EIO", "SECONDS"),
+    Option("retries", _int, _STORE_DEFAULTS["retries"], "attempts for a ranged GET that fails with a transient error", "N"),
+    Option("max_concurrency", _int, _STORE_DEFAULTS["max_concurrency"], "ranged GETs in flight at once for one read", "N"),
     Option(
         "allow",
         parse_list,
@@ -106,7 +118,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # Cache and reading
     Option("cache_size", parse_size, 1 << 30, "memory budget of the block cache (e.g. 512M, 4G)", "SIZE"),
-    Option("block_size", parse_size, 256 << 10, "unit of caching and fetching in each object's byte space (adjacent blocks are fetched together)", "SIZE"),
+    Option("block_size", parse_size, 256 << 10, "unit of caching and fetching in each object's byte space "
+           "(adjacent blocks are fetched together)", "SIZE"),
     Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
     Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file "
            "read from its start (0 disables)", "SIZE"),
@@ -205,13 +218,14 @@ class MountConfig:
 
     source: str
     mountpoint: str
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    anon: bool = False
-    timeout: float = 30.0
-    retries: int = 4
-    max_concurrency: int = 32
+    # The backend's options: defaults as BackendOptions declares them.
+    endpoint_url: str | None = BackendOptions.endpoint_url
+    region: str | None = BackendOptions.region
+    profile: str | None = BackendOptions.profile
+    anon: bool = BackendOptions.anon
+    timeout: float = BackendOptions.timeout
+    retries: int = BackendOptions.retries
+    max_concurrency: int = BackendOptions.max_concurrency
     allow: tuple[str, ...] = ()
     cache_size: int = 1 << 30
     block_size: int = 256 << 10
@@ -267,3 +281,13 @@ class MountConfig:
         given = {k: v for k, v in values.items() if k in known and v is not None}
         return cls(source=source, mountpoint=os.path.abspath(mountpoint),
                    storage_options=dict(storage_options or {}), **given)
+
+
+#: The options a mount hands to its backend unchanged: the fields the two share by name.
+_SHARED_WITH_BACKEND = tuple(sorted({f.name for f in fields(BackendOptions)} & {f.name for f in fields(MountConfig)}))
+
+
+def backend_options(config: MountConfig) -> BackendOptions:
+    """The backend's options for ``config``: every shared field, and the URL policy of its source and ``allow``."""
+    shared = {name: getattr(config, name) for name in _SHARED_WITH_BACKEND}
+    return BackendOptions(**shared, policy=UrlPolicy.for_source(config.source, config.allow))

@@ -27,7 +27,7 @@ from typing import Any
 
 import fsspec
 
-from refmount.config.options import MountConfig
+from refmount.config.options import MountConfig, backend_options
 from refmount.fs.filesystem import RefFilesystem, TreeOwner
 from refmount.fs.router import SetRouter
 from refmount.metrics import Metrics
@@ -41,12 +41,8 @@ from refmount.refs.collection import (
     is_collection,
 )
 from refmount.refs.open import open_reference_set
-from refmount.store.fsspec_store import (
-    BackendOptions,
-    FsspecBackend,
-    filesystem_options,
-)
-from refmount.store.policy import UrlPolicy
+from refmount.store.fsspec_store import FsspecBackend
+from refmount.store.options import filesystem_options
 from refmount.store.redirects import origin_of
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import DecodedChunkCache, cache_budgets, present
@@ -135,21 +131,6 @@ def _single_source(source: str, storage: Mapping[str, Any]) -> SetSource:
         except (OSError, ValueError):
             pass
     return SetSource("", source, kind)
-
-
-def backend_options(config: MountConfig) -> BackendOptions:
-    """How the backend reaches the object store, and which URLs it may read (the ``allow`` policy)."""
-    return BackendOptions(
-        endpoint_url=config.endpoint_url,
-        region=config.region,
-        profile=config.profile,
-        anon=config.anon,
-        timeout=config.timeout,
-        retries=config.retries,
-        max_concurrency=config.max_concurrency,
-        storage_options=config.storage_options,
-        policy=UrlPolicy.for_source(config.source, config.allow),
-    )
 
 
 def reference_storage_options(config: MountConfig) -> dict[str, Any]:

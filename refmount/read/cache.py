@@ -5,11 +5,13 @@ not of the Zarr key, so neighbouring chunks stored in one HDF5 file share
 the blocks they straddle, and a sequential read of many small chunk files
 streams the file underneath.
 
-Concurrency: a reader that misses a block registers a future for it before
-fetching; any other reader that needs the same block waits on that future
-instead of issuing a second GET. Futures are always resolved (with bytes or
-the backend's error) and removed, so a failed fetch is retried by the next
-read rather than remembered.
+Concurrency: a reader that misses blocks claims them (:class:`refmount.once.Flights`,
+under the cache's own lock, so "not cached" and "now mine" are one step)
+and fetches all it claimed in as few GETs as the plan allows; any other
+reader that needs one of those blocks waits for that fetch instead of
+issuing a second GET. Every claim is resolved (with bytes or the backend's
+error, handed to every waiter) and released, so a failed fetch is retried by
+the next read rather than remembered.
 
 Each cached block is cut at the *extent* the reader vouches for (the end of
 the furthest reference into that object), so no GET asks for bytes beyond
@@ -26,17 +28,18 @@ from concurrent.futures import Future
 
 from cachetools import LRUCache
 
+from refmount.byterange import ByteRange
 from refmount.errors import BackendError
 from refmount.metrics import Metrics
+from refmount.once import Flights
 from refmount.read.ranges import (
-    ByteRange,
     assemble,
     block_range,
     blocks_covering,
     plan_fetches,
     split_blocks,
 )
-from refmount.store.fsspec_store import RangeReader
+from refmount.store.base import RangeReader
 from refmount.urls import redact_url
 
 log = logging.getLogger("refmount.cache")
@@ -61,8 +64,8 @@ class BlockCache:
         self.max_request = max_request
         self.metrics = metrics or Metrics()
         self._blocks: LRUCache[BlockKey, bytes] = LRUCache(maxsize=capacity, getsizeof=len)
-        self._inflight: dict[BlockKey, Future[bytes]] = {}
         self._lock = threading.Lock()
+        self._flights: Flights[BlockKey, bytes] = Flights(self._lock)
         self.metrics.gauge("cache_bytes", lambda: self._blocks.currsize)
         self.metrics.gauge("cache_capacity", lambda: self._blocks.maxsize)
 
@@ -125,8 +128,7 @@ class BlockCache:
 
     def _bounded(self, url: str, extent: int) -> int:
         """Cut ``extent`` at the object's real size, so one reference past the end cannot spoil its neighbours' blocks."""
-        known_size = getattr(self.backend, "known_size", None)
-        size = known_size(url) if known_size is not None else None
+        size = self.backend.known_size(url)
         return extent if size is None else min(extent, size)
 
     def _needed(self, index: int, rng: ByteRange) -> int:
@@ -138,22 +140,17 @@ class BlockCache:
     ) -> tuple[dict[int, bytes], dict[int, Future[bytes]], dict[int, Future[bytes]]]:
         """Sort blocks into cached, being fetched by someone else, and to be fetched by us."""
         found: dict[int, bytes] = {}
-        waiting: dict[int, Future[bytes]] = {}
-        mine: dict[int, Future[bytes]] = {}
+        absent: list[BlockKey] = []
         with self._lock:
             for index in indices:
-                key = (url, index)
-                data = self._blocks.get(key)
+                data = self._blocks.get((url, index))
                 if data is not None and len(data) >= self._needed(index, rng):
                     found[index] = data
-                    continue
-                future = self._inflight.get(key)
-                if future is not None:
-                    waiting[index] = future
-                    continue
-                future = Future()
-                self._inflight[key] = future
-                mine[index] = future
+                else:
+                    absent.append((url, index))
+            claimed_by_others, claimed_by_us = self._flights.claim_locked(absent)
+        waiting = {index: future for (_, index), future in claimed_by_others.items()}
+        mine = {index: future for (_, index), future in claimed_by_us.items()}
         hits, misses = len(found), len(mine) + len(waiting)
         self.metrics.add_many((("cache_hits", hits), ("cache_misses", misses)))
         if misses:
@@ -161,22 +158,23 @@ class BlockCache:
         return found, waiting, mine
 
     def _fetch(self, url: str, mine: dict[int, Future[bytes]], extent: int) -> None:
-        """Fetch the claimed blocks, publish them, and resolve every claimed future."""
+        """Fetch the claimed blocks, publish them, and resolve every claim.
+
+        A failure goes to every waiter of the blocks not yet published (the
+        caller meets it in its own futures); only a process-level exit
+        (KeyboardInterrupt, SystemExit) propagates from here.
+        """
         try:
             plan = plan_fetches(mine, self.block_size, extent, self.max_request)
             bodies = self.backend.read_ranges(url, [fetch.span for fetch in plan])
             with self._lock:
-                for fetch, body in zip(plan, bodies, strict=False):
+                for fetch, body in zip(plan, bodies, strict=True):
                     for index, data in split_blocks(fetch, body, self.block_size):
                         self._store((url, index), data)
-                        mine[index].set_result(data)
-                        del self._inflight[(url, index)]
+                        self._flights.resolve_locked((url, index), data)
         except BaseException as exc:
-            with self._lock:
-                for index, future in mine.items():
-                    if not future.done():
-                        future.set_exception(exc)
-                    self._inflight.pop((url, index), None)
+            # Only our own unresolved claims: a block we published may already be claimed anew by another reader.
+            self._flights.fail([(url, index) for index, future in mine.items() if not future.done()], exc)
             if not isinstance(exc, Exception):
                 raise
 

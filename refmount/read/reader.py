@@ -1,6 +1,7 @@
 """Turning a read of a key into bytes: clamp once, slice inline data, or go through the cache.
 
-What to fetch ahead of the reader is decided by :mod:`refmount.readahead`
+:class:`Reader` is the raw :class:`~refmount.read.base.FileReader`.
+What to fetch ahead of the reader is decided by :mod:`refmount.read.readahead`
 (pure planning); this module runs the plan on a small thread pool, through
 the same cache and the same one-fetch-per-block rule as demand reads, so a
 reader that catches up with its readahead simply waits for the GET already
@@ -19,8 +20,8 @@ from refmount.read.cache import BlockCache
 from refmount.read.ranges import clamp_read
 from refmount.read.readahead import ReadaheadPlanner
 from refmount.refs.model import Inline, Range, Reference, Whole
-from refmount.refs.tree import File, Namespace
-from refmount.store.fsspec_store import RangeReader
+from refmount.refs.tree import File, ReferenceTree
+from refmount.store.base import RangeReader
 from refmount.urls import redact_url
 
 log = logging.getLogger("refmount.reader")
@@ -31,7 +32,7 @@ class Reader:
 
     def __init__(
         self,
-        namespace: Namespace,
+        namespace: ReferenceTree,
         cache: BlockCache,
         backend: RangeReader,
         *,
@@ -49,10 +50,16 @@ class Reader:
         self._prefetcher = ThreadPoolExecutor(max_workers=prefetch_workers, thread_name_prefix="refmount-ahead")
         self._prefetch_slots = threading.BoundedSemaphore(prefetch_workers * 2)
 
+    @property
+    def block_size(self) -> int:
+        """The block cache's unit of fetching and caching."""
+        return self.cache.block_size
+
     def size(self, ref: Reference) -> int:
         """Exact size of a file; asks the store once for a whole-object reference."""
-        known = Namespace.size_if_known(ref)
-        return known if known is not None else self.backend.size(ref.url)  # type: ignore[union-attr]
+        if isinstance(ref, Whole):
+            return self.backend.size(ref.url)
+        return len(ref.data) if isinstance(ref, Inline) else ref.length
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of ``file`` at ``offset``; empty at or past the end."""

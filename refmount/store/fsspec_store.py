@@ -1,8 +1,7 @@
 """Ranged reads from object stores through fsspec, with retries and a time bound.
 
-The rest of refmount sees only :class:`RangeReader`: "give me these byte
-ranges of this URL" and "how big is this object". The fsspec implementation
-runs the ranges of one call concurrently on fsspec's event loop for
+:class:`FsspecBackend` is the :class:`~refmount.store.base.RangeReader` of
+refmount. It runs the ranges of one call concurrently on fsspec's event loop for
 asynchronous filesystems (s3fs, HTTP), or on a small thread pool for
 synchronous ones (local files). Each range must come back with exactly the
 requested length: a short or oversized body is an error, never data.
@@ -10,16 +9,14 @@ Transient failures are retried with jittered exponential backoff; the whole
 call is bounded by ``timeout`` so a stalled store yields EIO, not a hang.
 
 Every object is checked once, at first access, against the facts recorded
-in the reference set (:mod:`refmount.staleness`), and every later GET on
+in the reference set (:mod:`refmount.store.staleness`), and every later GET on
 HTTP and S3 carries the ETag seen then in ``If-Match``: an object rewritten
 since the references were made answers ESTALE instead of other bytes.
 Local files are re-stated before each read for the same reason.
 
-Which failures are worth another attempt: everything except what a retry
-cannot change: a missing object, denied access, a refused URL, a changed
-object, a client error (4xx other than 408 and 429), and a body *longer*
-than asked (the server ignores Range, and will again). A body cut short is
-retried, unless the object is known to end before the range does.
+Which failures are retried, and after what pause, is decided by
+:mod:`refmount.store.retry`; what each filesystem is told (endpoints, time
+limits, no retries of its own) by :mod:`refmount.store.options`.
 """
 
 from __future__ import annotations
@@ -28,178 +25,28 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.http import HTTPFileSystem
 
 from refmount.byterange import ByteRange
-from refmount.errors import BackendError, ForbiddenURL, NotFound, StaleObject
+from refmount.errors import BackendError, ForbiddenURL, StaleObject
 from refmount.metrics import Metrics
-from refmount.store.policy import UrlPolicy
-from refmount.store.redirects import guarded_http_options
+from refmount.store.options import BackendOptions, filesystem_options, single_attempt
+from refmount.store.retry import ChangedObject, WrongLength, describe, http_status, retry_delay, unwrap
 from refmount.store.staleness import SourceFacts, SourceGuard, recorded_facts
 from refmount.urls import LOCAL_PROTOCOLS, local_path, protocol_of, redact_url
 
 log = logging.getLogger("refmount.backend")
 
 
-class RangeReader(Protocol):
-    """What the cache needs from an object store."""
-
-    def read_ranges(self, url: str, ranges: Sequence[ByteRange]) -> list[bytes]:
-        """The bytes of every range, in order, each exactly ``len(range)`` long."""
-
-    def size(self, url: str) -> int:
-        """The size of the object at ``url``."""
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """The backend's share of the mount options."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    anon: bool = False
-    timeout: float = 30.0
-    retries: int = 4
-    max_concurrency: int = 32
-    storage_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    policy: UrlPolicy = field(default_factory=UrlPolicy)
-
-
-class WrongLength(BackendError):
-    """A body whose length is not the one asked for (cut short, or range ignored)."""
-
-    def __init__(self, message: str, *, oversized: bool = False) -> None:
-        super().__init__(message)
-        self.oversized = oversized
-
-
-class ChangedObject(Exception):
-    """The store says the object no longer has the ETag seen at first access (HTTP 412)."""
-
-
-#: HTTP statuses of client errors that a retry can cure.
-_RETRYABLE_4XX = frozenset({408, 429})
-
-
-def stall_timeout(options: BackendOptions) -> float:
-    """Seconds of silence after which one attempt is abandoned, leaving time for the others."""
-    return max(1.0, options.timeout / max(1, options.retries))
-
-
-def filesystem_options(protocol: str, options: BackendOptions, *, redirect_origin: str | None = None) -> dict[str, Any]:
-    """fsspec constructor arguments for ``protocol``: the generic options plus ``-o proto.x=y``.
-
-    HTTP redirects are checked against the URL policy hop by hop (:mod:`refmount.redirects`);
-    ``redirect_origin`` also admits hops that stay on that origin (for the reference set itself).
-    """
-    kwargs: dict[str, Any] = {}
-    if protocol == "s3":
-        client_kwargs: dict[str, Any] = {}
-        if options.endpoint_url:
-            client_kwargs["endpoint_url"] = options.endpoint_url
-        if options.region:
-            client_kwargs["region_name"] = options.region
-        if client_kwargs:
-            kwargs["client_kwargs"] = client_kwargs
-        if options.profile:
-            kwargs["profile"] = options.profile
-        if options.anon:
-            kwargs["anon"] = True
-        # One attempt is one request: the retry loop here owns the retries and the time
-        # budget, and `gets` counts what the store sees (s3fs's own retries: see single_attempt).
-        kwargs["config_kwargs"] = {
-            "connect_timeout": min(10.0, options.timeout),
-            "read_timeout": stall_timeout(options),
-            "retries": {"total_max_attempts": 1, "mode": "standard"},
-            "max_pool_connections": max(10, options.max_concurrency),
-        }
-    elif protocol in ("http", "https"):
-        import aiohttp
-
-        # A response that stops sending is cut after this much silence and retried;
-        # a slow but moving one is not, however long it takes within ``timeout``.
-        kwargs["client_kwargs"] = {
-            "timeout": aiohttp.ClientTimeout(
-                total=None, sock_connect=min(10.0, options.timeout), sock_read=stall_timeout(options)
-            )
-        }
-    extra = dict(options.storage_options.get(protocol, {}))
-    if "client_kwargs" in extra and "client_kwargs" in kwargs:
-        extra["client_kwargs"] = {**kwargs["client_kwargs"], **extra["client_kwargs"]}
-    kwargs.update(extra)
-    if protocol in ("http", "https"):
-        guarded_http_options(kwargs, options.policy, redirect_origin)
-    kwargs["skip_instance_cache"] = True
-    return kwargs
-
-
-def single_attempt(fs: fsspec.AbstractFileSystem) -> None:
-    """Switch off a filesystem's own retry loop (s3fs retries SlowDown and resets 5 times by itself).
-
-    Retries nested under the backend's would multiply its attempts and
-    backoff, hide requests from the ``gets`` figure, and leave the time bound
-    to whichever layer gives up last.
-    """
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "s3" in protocols and isinstance(getattr(fs, "retries", None), int):
-        fs.retries = 1
-
-
-def http_status(exc: BaseException) -> int | None:
-    """The HTTP status behind an fsspec/aiohttp/botocore error, if there is one."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        if candidate is None:
-            continue
-        status = getattr(candidate, "status", None)
-        if isinstance(status, int):
-            return status
-        response = getattr(candidate, "response", None)
-        if isinstance(response, dict):
-            code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(code, int):
-                return code
-    return None
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """fsspec's HTTP lookups report *any* failure (a 503, a reset) as FileNotFoundError; undo that."""
-    cause = exc.__cause__
-    if isinstance(exc, FileNotFoundError) and cause is not None and not isinstance(cause, FileNotFoundError):
-        if http_status(cause) not in (404, 410):
-            return cause
-    return exc
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth another attempt: timeouts, resets, 5xx, throttling, short bodies."""
-    exc = _unwrap(exc)
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        NotFound, ForbiddenURL, StaleObject, ChangedObject)):
-        return False
-    if isinstance(exc, WrongLength):
-        return not exc.oversized
-    if type(exc).__name__ == "TooManyRedirects":
-        return False  # aiohttp's: a redirect loop stays one
-    status = http_status(exc)
-    if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
-        return False
-    if isinstance(exc, (TypeError, AttributeError, NameError, AssertionError)):
-        return False  # a bug, not the network
-    return True
-
-
 class FsspecBackend:
-    """:class:`RangeReader` over any fsspec filesystem."""
+    """:class:`~refmount.store.base.RangeReader` over any fsspec filesystem."""
 
     def __init__(
         self,
@@ -269,7 +116,7 @@ class FsspecBackend:
             try:
                 self.guard.check(url)
             except Exception as exc:  # noqa: BLE001 - see connect()
-                log.debug("could not reach %s ahead of the first read: %s", redact_url(url), _describe(exc))
+                log.debug("could not reach %s ahead of the first read: %s", redact_url(url), describe(exc))
 
     # -- RangeReader -------------------------------------------------------
 
@@ -332,6 +179,7 @@ class FsspecBackend:
                 if remaining <= 0:
                     raise TimeoutError()
                 self.metrics.add("heads")
+                info: Mapping[str, Any]
                 if self._is_async(fs):
                     coroutine = asyncio.wait_for(fs._info(path), remaining)
                     info = asyncio.run_coroutine_threadsafe(coroutine, fs.loop).result(timeout=remaining + 1)
@@ -378,10 +226,10 @@ class FsspecBackend:
     async def _get_async(self, fs: AsyncFileSystem, path: str, rng: ByteRange, etag: str | None) -> bytes:
         """One ranged GET, conditional on the ETag seen at first access where the store supports it."""
         if etag is None:
-            return await fs._cat_file(path, start=rng.start, end=rng.stop)
+            return await self._cat_async(fs, path, rng)
         if isinstance(fs, HTTPFileSystem):
             try:
-                return await fs._cat_file(path, start=rng.start, end=rng.stop, headers={"If-Match": etag})
+                return await self._cat_async(fs, path, rng, headers={"If-Match": etag})
             except Exception as exc:
                 if http_status(exc) == 412:
                     raise ChangedObject(etag) from None
@@ -399,10 +247,16 @@ class FsspecBackend:
                     raise ChangedObject(etag) from None
                 raise
             try:
-                return await response["Body"].read()
+                body: bytes = await response["Body"].read()
             finally:
                 response["Body"].close()
-        return await fs._cat_file(path, start=rng.start, end=rng.stop)
+            return body
+        return await self._cat_async(fs, path, rng)
+
+    @staticmethod
+    async def _cat_async(fs: AsyncFileSystem, path: str, rng: ByteRange, **kwargs: Any) -> bytes:
+        data: bytes = await fs._cat_file(path, start=rng.start, end=rng.stop, **kwargs)
+        return data
 
     def _read_sync(
         self, fs: fsspec.AbstractFileSystem, url: str, path: str, rng: ByteRange, deadline: float, facts: SourceFacts
@@ -443,32 +297,14 @@ class FsspecBackend:
     def _next_delay(
         self, url: str, rng: ByteRange, exc: BaseException, attempt: int, deadline: float, what: str = "GET"
     ) -> float:
-        """Decide whether to retry; raise the final error when not."""
-        exc = _unwrap(exc)
+        """The pause before the next attempt (counted and logged); raises the final error instead."""
         where = f"{redact_url(url)} [{rng.start}, {rng.stop})" if rng.length else redact_url(url)
-        timed_out = isinstance(exc, (asyncio.TimeoutError, TimeoutError))
-        if isinstance(exc, ChangedObject):
-            self.guard.mark_stale(url, f"it no longer matches {exc}")
+        cause = unwrap(exc)
+        if isinstance(cause, ChangedObject):
+            self.guard.mark_stale(url, f"it no longer matches {cause}")
             raise StaleObject(f"{redact_url(url)} changed since the references were made") from None
-        if isinstance(exc, (StaleObject, ForbiddenURL)):
-            raise exc
-        if isinstance(exc, WrongLength) and exc.oversized:
-            raise BackendError(str(exc)) from None
-        if isinstance(exc, FileNotFoundError):
-            raise BackendError(f"{where}: object not found") from None
-        if isinstance(exc, PermissionError):
-            raise BackendError(f"{where}: access denied") from None
-        delay = min(2.0, 0.1 * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
-        if not is_transient(exc) or attempt >= self.options.retries or time.monotonic() + delay >= deadline:
-            reason = f"no answer within {self.options.timeout:g} s" if timed_out else _describe(exc)
-            raise BackendError(f"{where}: {reason} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+        delay = retry_delay(exc, attempt, where=where, retries=self.options.retries, deadline=deadline,
+                            timeout=self.options.timeout)
         self.metrics.add("get_retries")
-        log.info("retrying %s %s after %s (attempt %d)", what, where, _describe(exc), attempt + 1)
+        log.info("retrying %s %s after %s (attempt %d)", what, where, describe(cause), attempt + 1)
         return delay
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
-
-

@@ -38,8 +38,6 @@ _DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
 _ENCODED_DOT_OR_SLASH = re.compile(r"%(?:2e|2f|5c)", re.IGNORECASE)
 
 
-
-
 def _is_prefix(entry: str) -> bool:
     return "://" in entry or entry.startswith("/")
 
@@ -79,7 +77,7 @@ class UrlPolicy:
     def permits(self, url: str) -> bool:
         return self.reason(url) is None
 
-    def reason(self, url: str) -> str | None:  # type: ignore[override]
+    def reason(self, url: str) -> str | None:
         """Why ``url`` is refused (for the log line and error message), or None if it is allowed."""
         if "::" in url:
             return "chained URLs (PROTOCOL::URL) are never reachable from a reference set"

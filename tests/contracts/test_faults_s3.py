@@ -20,7 +20,8 @@ from refmount.byterange import ByteRange
 from refmount.devtools.localstore import LocalS3
 from refmount.errors import StaleObject
 from refmount.scan import scan_hdf5
-from refmount.store.fsspec_store import BackendOptions, FsspecBackend
+from refmount.store.fsspec_store import FsspecBackend
+from refmount.store.options import BackendOptions
 from refmount.store.staleness import SourceFacts
 from tests.contracts.fault_contract import BOUND, FaultContract
 from tests.support.datasets import write_hdf5

@@ -7,7 +7,8 @@ import time
 from collections.abc import Sequence
 
 from refmount.byterange import ByteRange
-from refmount.store.fsspec_store import BackendOptions, FsspecBackend
+from refmount.store.fsspec_store import FsspecBackend
+from refmount.store.options import BackendOptions
 from refmount.store.policy import UrlPolicy
 
 
@@ -29,6 +30,14 @@ class CountingBackend:
 
     def size(self, url: str) -> int:
         return self.inner.size(url)
+
+    def known_size(self, url: str) -> int | None:
+        """The size the inner backend has seen (or was told), without a lookup of its own.
+
+        So every contact with the store goes through :meth:`read_ranges` and is
+        in :attr:`requests`, and a failed first read fails there.
+        """
+        return self.inner.guard.known_size(url)
 
     @property
     def gets(self) -> int:

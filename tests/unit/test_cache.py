@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -100,4 +101,68 @@ def test_a_failed_fetch_is_not_remembered(tmp_path):
     for _ in range(2):
         with pytest.raises(BackendError, match="not found"):
             cache.read(missing, ByteRange(0, 10), 100)
+    assert backend.gets == 2
+
+
+def test_a_failed_fetch_reaches_every_reader_waiting_for_it_and_the_next_read_fetches_again(tmp_path):
+    path = tmp_path / "late.bin"
+    backend = CountingBackend(delay=0.3)
+    cache = make_cache(backend)
+    errors, barrier = [], threading.Barrier(6)
+
+    def reader():
+        barrier.wait()
+        try:
+            cache.read(str(path), ByteRange(0, 10), 100)
+        except BackendError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 6 and all("not found" in str(e) for e in errors)
+    assert backend.gets == 1  # one GET failed, five readers waited for it
+    data = os.urandom(100)
+    path.write_bytes(data)
+    assert cache.read(str(path), ByteRange(0, 10), 100) == data[:10]
+    assert backend.gets == 2
+
+
+def test_a_block_cached_short_is_fetched_again_by_a_read_that_needs_more(blob):
+    url, data = blob
+    backend = CountingBackend()
+    cache = make_cache(backend)
+    short_extent = 5 * BLOCK + 10
+    cache.read(url, ByteRange(5 * BLOCK, short_extent), short_extent)
+    assert cache.read(url, ByteRange(5 * BLOCK, 5 * BLOCK + 500), len(data)) == data[5 * BLOCK : 5 * BLOCK + 500]
+    assert [r for _, r in backend.requests] == [ByteRange(5 * BLOCK, short_extent), ByteRange(5 * BLOCK, 6 * BLOCK)]
+
+
+def test_a_reader_that_waited_for_a_shorter_fetch_fetches_the_rest_itself(blob):
+    url, data = blob
+    backend = CountingBackend(delay=0.5)
+    cache = make_cache(backend)
+    short_extent = 5 * BLOCK + 10
+    first = threading.Thread(target=cache.read, args=(url, ByteRange(5 * BLOCK, short_extent), short_extent))
+    first.start()
+    time.sleep(0.15)  # the first fetch is in flight: the second read waits for it, then finds it too short
+    assert cache.read(url, ByteRange(5 * BLOCK, 5 * BLOCK + 500), len(data)) == data[5 * BLOCK : 5 * BLOCK + 500]
+    first.join(5)
+    assert [r for _, r in backend.requests] == [ByteRange(5 * BLOCK, short_extent), ByteRange(5 * BLOCK, 6 * BLOCK)]
+
+
+def test_hits_misses_and_prefetches_are_counted(blob):
+    url, data = blob
+    backend = CountingBackend()
+    cache = make_cache(backend)
+    cache.prefetch(url, ByteRange(0, 4 * BLOCK), len(data))
+    assert (cache.metrics.get("prefetches"), cache.metrics.get("cache_misses")) == (1, 4)
+    cache.prefetch(url, ByteRange(0, 4 * BLOCK), len(data))  # all cached: nothing to fetch
+    assert cache.metrics.get("prefetches") == 1
+    assert cache.read(url, ByteRange(BLOCK, 3 * BLOCK + 1), len(data)) == data[BLOCK : 3 * BLOCK + 1]
+    assert cache.metrics.get("cache_hits") == 4 + 3
+    assert cache.read(url, ByteRange(4 * BLOCK, 5 * BLOCK), len(data)) == data[4 * BLOCK : 5 * BLOCK]
+    assert cache.metrics.get("cache_misses") == 4 + 1
     assert backend.gets == 2

@@ -20,7 +20,8 @@ from refmount.read.cache import BlockCache
 from refmount.read.reader import Reader
 from refmount.refs.kerchunk import parse_reference_bytes, parse_references
 from refmount.refs.tree import Dir, File, Namespace
-from refmount.store.fsspec_store import BackendOptions, FsspecBackend
+from refmount.store.fsspec_store import FsspecBackend
+from refmount.store.options import BackendOptions
 from refmount.store.policy import UrlPolicy
 
 json_values = st.recursive(

@@ -9,8 +9,10 @@ import pytest
 from refmount.cli.fstab import translate
 from refmount.cli.main import build_parser, mount_config
 from refmount.config.file import example_config, parse_config
-from refmount.config.options import OPTIONS, MountConfig, parse_mount_options
+from refmount.config.options import OPTIONS, MountConfig, backend_options, parse_mount_options
 from refmount.errors import ConfigError
+from refmount.store.options import BackendOptions
+from refmount.store.policy import UrlPolicy
 
 
 def test_every_option_is_a_field_a_flag_an_o_option_and_a_config_key():
@@ -72,3 +74,16 @@ def test_mount_config_defaults_are_the_option_table_defaults():
     defaults = {f.name: f.default for f in fields(MountConfig)}
     for option in OPTIONS:
         assert defaults[option.name] == option.default, option.name
+
+
+def test_the_backend_receives_every_store_option_of_a_config_and_shares_its_defaults():
+    given = {"endpoint_url": "http://127.0.0.1:8333", "region": "eu-north-1", "profile": "archive", "anon": True,
+             "timeout": 7.5, "retries": 2, "max_concurrency": 3, "allow": ("s3",)}
+    config = MountConfig.build("s3://b/refs.json", "/mnt/a", given, {"s3": {"requester_pays": True}})
+    assert backend_options(config) == BackendOptions(
+        endpoint_url="http://127.0.0.1:8333", region="eu-north-1", profile="archive", anon=True, timeout=7.5,
+        retries=2, max_concurrency=3, storage_options={"s3": {"requester_pays": True}},
+        policy=UrlPolicy(allow=("s3",), local_allowed=False),
+    )
+    untouched = MountConfig("/refs/a.json", "/mnt/a")
+    assert backend_options(untouched) == BackendOptions(policy=UrlPolicy(local_allowed=True))

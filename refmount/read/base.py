@@ -1,0 +1,46 @@
+"""What the filesystem and the views need of a reader: the seam above the read path.
+
+:class:`~refmount.read.reader.Reader` reads the raw bytes of one reference
+set's files; a view (:mod:`refmount.views.decoded`) wraps it in a reader of
+its own that answers some files differently and forwards the rest. The
+filesystem takes either through :class:`FileReader`, so it cannot come to
+depend on how bytes are fetched, cached or decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from refmount.metrics import Metrics
+from refmount.refs.model import Reference
+from refmount.refs.tree import File
+
+
+class FileReader(Protocol):
+    """Sizes and bytes of the files of one reference set."""
+
+    @property
+    def block_size(self) -> int:
+        """The unit reads are fetched and cached in; the filesystem shows it as ``st_blksize``."""
+        ...
+
+    @property
+    def metrics(self) -> Metrics:
+        """The figures of the mount this reader counts its reads in."""
+        ...
+
+    def size(self, ref: Reference) -> int:
+        """The exact size of the file ``ref`` describes (may ask the store once)."""
+        ...
+
+    def read(self, file: File, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of ``file`` at ``offset``; empty at or past the end, an error rather than other bytes."""
+        ...
+
+    def describe(self, file: File) -> dict[str, str]:
+        """Where ``file``'s bytes come from, as short text fields (for ``user.refmount.*`` xattrs); no URL secrets."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work (readahead); reads after this may fail."""
+        ...

@@ -1,0 +1,114 @@
+"""Which store failures are worth another attempt, how long to wait, and the error given up with.
+
+Pure decisions over exceptions (no I/O), so the rule is in one place and
+reads as a rule. Worth another attempt: everything except what a retry
+cannot change: a missing object, denied access, a refused URL, a changed
+object, a client error (4xx other than 408 and 429), and a body *longer*
+than asked (the server ignores Range, and will again). A body cut short is
+retried, unless the object is known to end before the range does.
+
+Attempts wait a jittered, exponentially growing delay (0.1 s doubling, at
+most 2 s), and stop at ``retries`` attempts or when the next one could not
+start before the deadline, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from refmount.errors import BackendError, ForbiddenURL, NotFound, StaleObject
+
+#: HTTP statuses of client errors that a retry can cure.
+_RETRYABLE_4XX = frozenset({408, 429})
+
+
+class WrongLength(BackendError):
+    """A body whose length is not the one asked for (cut short, or range ignored)."""
+
+    def __init__(self, message: str, *, oversized: bool = False) -> None:
+        super().__init__(message)
+        self.oversized = oversized
+
+
+class ChangedObject(Exception):
+    """The store says the object no longer has the ETag seen at first access (HTTP 412)."""
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind an fsspec/aiohttp/botocore error, if there is one."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        if candidate is None:
+            continue
+        status = getattr(candidate, "status", None)
+        if isinstance(status, int):
+            return status
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(code, int):
+                return code
+    return None
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """fsspec's HTTP lookups report *any* failure (a 503, a reset) as FileNotFoundError; undo that."""
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and cause is not None and not isinstance(cause, FileNotFoundError):
+        if http_status(cause) not in (404, 410):
+            return cause
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth another attempt: timeouts, resets, 5xx, throttling, short bodies."""
+    exc = unwrap(exc)
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        NotFound, ForbiddenURL, StaleObject, ChangedObject)):
+        return False
+    if isinstance(exc, WrongLength):
+        return not exc.oversized
+    if type(exc).__name__ == "TooManyRedirects":
+        return False  # aiohttp's: a redirect loop stays one
+    status = http_status(exc)
+    if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+        return False
+    if isinstance(exc, (TypeError, AttributeError, NameError, AssertionError)):
+        return False  # a bug, not the network
+    return True
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based): jittered, doubling, at most 2 s."""
+    return min(2.0, 0.1 * 2.0 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+
+def retry_delay(exc: BaseException, attempt: int, *, where: str, retries: int, deadline: float, timeout: float) -> float:
+    """The pause before another attempt after ``exc``; raises the error to give up with instead.
+
+    ``where`` names the object (and range) for the message; ``deadline`` is
+    a ``time.monotonic()`` instant. A changed object (:class:`ChangedObject`)
+    is the caller's to handle first: it has to mark the object stale.
+    """
+    exc = unwrap(exc)
+    if isinstance(exc, (StaleObject, ForbiddenURL)):
+        raise exc
+    if isinstance(exc, WrongLength) and exc.oversized:
+        raise BackendError(str(exc)) from None
+    if isinstance(exc, FileNotFoundError):
+        raise BackendError(f"{where}: object not found") from None
+    if isinstance(exc, PermissionError):
+        raise BackendError(f"{where}: access denied") from None
+    delay = backoff(attempt)
+    if not is_transient(exc) or attempt >= retries or time.monotonic() + delay >= deadline:
+        timed_out = isinstance(exc, (asyncio.TimeoutError, TimeoutError))
+        reason = f"no answer within {timeout:g} s" if timed_out else describe(exc)
+        raise BackendError(f"{where}: {reason} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+    return delay
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, short enough for one log line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
