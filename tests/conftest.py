@@ -60,7 +60,7 @@ def s3_bucket(local_s3: LocalS3) -> Iterator[str]:
     if local_s3.running:
         try:
             local_s3.delete_bucket(name)
-        except Exception as exc:  # teardown must not mask the test's own outcome
+        except Exception as exc:  # noqa: BLE001 - teardown must not mask the test's own outcome
             print(f"could not delete bucket {name}: {exc!r}")
 
 

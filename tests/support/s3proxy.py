@@ -204,7 +204,9 @@ class _Handler(TrackedHandler):
         owner = self.server.owner
         for attempt in range(2):
             if self._upstream is None:
-                self._upstream = http.client.HTTPConnection(owner.upstream_host, owner.upstream_port, timeout=owner.upstream_timeout)
+                self._upstream = http.client.HTTPConnection(
+                    owner.upstream_host, owner.upstream_port, timeout=owner.upstream_timeout
+                )
             conn = self._upstream
             try:
                 conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)

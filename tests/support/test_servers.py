@@ -36,7 +36,9 @@ def _raw_client(endpoint: str, store: LocalS3, *, attempts: int = 1, read_timeou
     )
 
 
-def _http_get(server: RangeHTTPServer, rel: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[http.client.HTTPResponse, bytes]:
+def _http_get(
+    server: RangeHTTPServer, rel: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[http.client.HTTPResponse, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         conn.request(method, "/" + rel, headers=headers or {})
@@ -120,7 +122,10 @@ def test_http_full_get_head_and_headers(served: RangeHTTPServer) -> None:
 
 @pytest.mark.parametrize(
     ("header", "start", "end"),
-    [("bytes=0-0", 0, 0), ("bytes=100-199", 100, 199), ("bytes=16000-", 16000, 16383), ("bytes=-10", 16374, 16383), ("bytes=16380-99999", 16380, 16383)],
+    [
+        ("bytes=0-0", 0, 0), ("bytes=100-199", 100, 199), ("bytes=16000-", 16000, 16383),
+        ("bytes=-10", 16374, 16383), ("bytes=16380-99999", 16380, 16383),
+    ],
 )
 def test_http_ranges(served: RangeHTTPServer, header: str, start: int, end: int) -> None:
     resp, body = _http_get(served, "data.bin", {"Range": header})
