@@ -19,7 +19,7 @@ from typing import Any
 from refmount.errors import IsADirectory, NoAttribute, ReadOnly
 from refmount.read.reader import Reader
 from refmount.refs.model import Inline, Range, Whole
-from refmount.refs.tree import Dir, File, Namespace
+from refmount.refs.tree import Dir, File, ReferenceTree
 from refmount.urls import redact_url
 
 FILE_MODE = 0o444
@@ -47,7 +47,7 @@ class TreeOwner:
 class RefFilesystem:
     """A read-only tree over one namespace."""
 
-    def __init__(self, namespace: Namespace, reader: Reader, owner: TreeOwner, mtime: float) -> None:
+    def __init__(self, namespace: ReferenceTree, reader: Reader, owner: TreeOwner, mtime: float) -> None:
         self.namespace = namespace
         self.reader = reader
         self.owner = owner

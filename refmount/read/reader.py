@@ -18,8 +18,8 @@ from refmount.metrics import Metrics
 from refmount.read.cache import BlockCache
 from refmount.read.ranges import clamp_read
 from refmount.read.readahead import ReadaheadPlanner
-from refmount.refs.model import Inline, Range, Reference, Whole
-from refmount.refs.tree import File, Namespace
+from refmount.refs.model import Inline, Range, Reference, Whole, known_size
+from refmount.refs.tree import File, ReferenceTree
 from refmount.store.fsspec_store import RangeReader
 
 log = logging.getLogger("refmount.reader")
@@ -30,7 +30,7 @@ class Reader:
 
     def __init__(
         self,
-        namespace: Namespace,
+        namespace: ReferenceTree,
         cache: BlockCache,
         backend: RangeReader,
         *,
@@ -50,7 +50,7 @@ class Reader:
 
     def size(self, ref: Reference) -> int:
         """Exact size of a file; asks the store once for a whole-object reference."""
-        known = Namespace.size_if_known(ref)
+        known = known_size(ref)
         return known if known is not None else self.backend.size(ref.url)  # type: ignore[union-attr]
 
     def read(self, file: File, offset: int, size: int) -> bytes:

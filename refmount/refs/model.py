@@ -43,3 +43,12 @@ class Whole:
 
 
 Reference = Union[Inline, Range, Whole]
+
+
+def known_size(ref: Reference) -> int | None:
+    """The size of a reference without asking the store; None for a whole object (only the store knows)."""
+    if isinstance(ref, Inline):
+        return len(ref.data)
+    if isinstance(ref, Range):
+        return ref.length
+    return None
