@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refmount.errors import InvalidReferences
-from refmount.refs import kerchunk as kerchunk_module
-from refmount.refs.kerchunk import MAX_OFFSET, parse_reference_bytes, parse_references
+from refmount.refs.kerchunk import gen as kerchunk_module
+from refmount.refs.kerchunk.parse import parse_reference_bytes, parse_references
+from refmount.refs.kerchunk.values import MAX_OFFSET
 from refmount.refs.keys import NAME_MAX, key_problem, split_key, validate_key
 from refmount.refs.model import Inline, Range, Whole
 

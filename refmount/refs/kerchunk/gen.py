@@ -96,7 +96,7 @@ def _expand_gen(
         length_of = _compile_integer(where, "length", entry["length"], names)
 
     dim_names = [name for name, _ in dimensions]
-    base = dict(templates)
+    base: dict[str, int | str] = dict(templates)
     url_cache: dict[str, str] = {}
     for values in itertools.product(*(values for _, values in dimensions)):
         env = base.copy()
@@ -248,7 +248,7 @@ def _compile_integer(where: str, field: str, raw: Any, names: set[str]) -> Calla
 
         def direct(env: Env) -> int:
             value = evaluate(env)
-            if type(value) is int:
+            if isinstance(value, int):  # never a bool: constants are checked to be exactly int
                 return value
             return _to_int(field, value)
 

@@ -13,17 +13,13 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from refmount.errors import InvalidReferences
 from refmount.refs.kerchunk.gen import expand_gens
 from refmount.refs.kerchunk.values import describe_value, parse_templates, type_name, value_reference
 from refmount.refs.keys import validate_key
 from refmount.refs.model import Reference
-
-try:  # orjson is several times faster on million-key sets; json is the fallback.
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised only without orjson
-    _orjson = None
-
 
 __all__ = [
     "decode_json",
@@ -121,11 +117,10 @@ def decode_json(data: bytes) -> Any:
     data = bytes(data)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    if _orjson is not None:
-        try:
-            return _orjson.loads(data)
-        except _orjson.JSONDecodeError:
-            pass
+    try:
+        return orjson.loads(data)  # several times faster than json on million-key sets
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

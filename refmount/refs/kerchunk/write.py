@@ -41,7 +41,7 @@ def _json_value(key: str, ref: Reference) -> Any:
     return "base64:" + base64.b64encode(ref.data).decode("ascii")
 
 
-def write_json(items: Iterable[tuple[str, Reference]], url: str, *, storage_options: dict | None = None,
+def write_json(items: Iterable[tuple[str, Reference]], url: str, *, storage_options: dict[str, Any] | None = None,
                overwrite: bool = False) -> int:
     """Stream ``items`` into a kerchunk JSON v1 file at ``url`` (``-`` for stdout); returns the key count."""
     written = [0]
