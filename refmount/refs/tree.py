@@ -95,10 +95,13 @@ def implied_directories(
     subdirs: dict[str, set[str]] = {"": set()}
     for directory in parents:
         child = directory
-        while child and child not in subdirs:
-            subdirs[child] = set()
+        while child:
+            subdirs.setdefault(child, set())
             parent, _, name = child.rpartition("/")
+            known = parent in subdirs
             subdirs.setdefault(parent, set()).add(name)
+            if known:  # its own ancestors were recorded when it was
+                break
             child = parent
     for directory, names in subdirs.items():
         if directory and is_file(directory):
