@@ -20,6 +20,7 @@ from refmount.config.options import MountConfig, backend_options
 from refmount.mount.assemble import reference_storage_options
 from refmount.refs.model import Inline, Range, Whole
 from refmount.refs.open import open_reference_set
+from refmount.refs.tree import ReferenceTree
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import is_object_dtype, unavailable_codecs
 
@@ -74,7 +75,7 @@ def missing_codecs(ids: list[str]) -> list[str]:
     return missing
 
 
-def summarise(source: str, refs, namespace, policy) -> Summary:  # type: ignore[no-untyped-def]
+def summarise(source: str, refs, namespace: ReferenceTree, policy) -> Summary:  # type: ignore[no-untyped-def]
     """One streaming pass over ``refs`` (a mapping, or an iterable of (key, reference) pairs)."""
     summary = Summary(source=redact_url(source), keys=0, directories=namespace.directory_count)
     urls: set[str] = set()

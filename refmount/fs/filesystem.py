@@ -19,7 +19,7 @@ from typing import Any
 from refmount.errors import IsADirectory, NoAttribute, ReadOnly
 from refmount.fs.served import WRITE_FLAGS, XATTR_PREFIX, TreeOwner, statfs_figures
 from refmount.read.reader import Reader
-from refmount.refs.tree import Dir, File, Namespace
+from refmount.refs.tree import Dir, File, ReferenceTree
 
 __all__ = ["RefFilesystem", "TreeOwner"]
 
@@ -27,7 +27,7 @@ __all__ = ["RefFilesystem", "TreeOwner"]
 class RefFilesystem:
     """A read-only tree over one namespace, read through ``reader`` (the raw reader or a view's)."""
 
-    def __init__(self, namespace: Namespace, reader: Reader, owner: TreeOwner, mtime: float) -> None:
+    def __init__(self, namespace: ReferenceTree, reader: Reader, owner: TreeOwner, mtime: float) -> None:
         self.namespace = namespace
         self.reader = reader
         self.owner = owner

@@ -59,7 +59,7 @@ class Reader:
         """Exact size of a file; asks the store once for a whole-object reference."""
         if isinstance(ref, Whole):
             return self.backend.size(ref.url)
-        return len(ref.data) if isinstance(ref, Inline) else ref.length
+        return ref.size
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of ``file`` at ``offset``; empty at or past the end."""

@@ -19,7 +19,7 @@ same information column-wise:
 That is about 40-50 bytes per reference. ``File`` and ``Reference`` objects
 are built on demand by :meth:`CompactNamespace.lookup` and not kept.
 
-The public methods mirror :class:`refmount.namespace.Namespace`; listing a
+The public methods are :class:`refmount.refs.tree.ReferenceTree`'s; listing a
 directory streams its names in batches instead of building them all.
 """
 
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refmount.errors import InvalidReferences, NotADirectory, NotFound
+from refmount.errors import NotADirectory, NotFound
 from refmount.refs.model import Inline, Range, Reference, Whole
-from refmount.refs.tree import Dir, File, Namespace, Node
+from refmount.refs.tree import Dir, File, Node, implied_directories
 
 __all__ = ["CompactNamespace"]
 
@@ -76,18 +76,17 @@ class CompactNamespace:
                 directory = dir_ids[parent] = len(dir_ids)
             dir_of.append(directory)
             names.append(name)
-            kind = type(ref)
-            if kind is Range:
-                url = ref.url  # type: ignore[union-attr]
+            if isinstance(ref, Range):
+                url = ref.url
                 uid = url_index.get(url)
                 if uid is None:
                     uid = url_index[url] = len(url_index)
                 kinds.append(_RANGE)
                 url_ids.append(uid)
-                offsets.append(ref.offset)  # type: ignore[union-attr]
-                lengths.append(ref.length)  # type: ignore[union-attr]
-            elif kind is Whole:
-                url = ref.url  # type: ignore[union-attr]
+                offsets.append(ref.offset)
+                lengths.append(ref.length)
+            elif isinstance(ref, Whole):
+                url = ref.url
                 uid = url_index.get(url)
                 if uid is None:
                     uid = url_index[url] = len(url_index)
@@ -96,7 +95,7 @@ class CompactNamespace:
                 offsets.append(0)
                 lengths.append(0)
             else:
-                data = ref.data  # type: ignore[union-attr]
+                data = ref.data
                 kinds.append(_INLINE)
                 url_ids.append(0)
                 offsets.append(len(inline))
@@ -142,30 +141,14 @@ class CompactNamespace:
         self._dirs = self._build_dirs(dir_ids, starts)
 
     def _build_dirs(self, dir_ids: dict[str, int], starts: np.ndarray) -> dict[str, _DirInfo]:
-        """Directory ranges plus every implied ancestor; refuse keys that are also directories."""
+        """Each directory's run of entries and its subdirectories (the one rule of :func:`implied_directories`)."""
         ranges = {name: (int(starts[i]), int(starts[i + 1])) for name, i in dir_ids.items()}
-        subdirs: dict[str, set[str]] = {"": set()}
-        for directory in list(ranges):
-            child = directory
-            while child:
-                parent, _, name = child.rpartition("/")
-                known = parent in subdirs
-                subdirs.setdefault(parent, set()).add(name)
-                subdirs.setdefault(child, set())
-                if known:
-                    break
-                child = parent
-        for directory in subdirs:
-            if directory and self._find(directory, ranges) is not None:
-                example = next(iter(subdirs[directory]), None)
-                if example is None:
-                    start, _ = ranges[directory]
-                    example = self._name(start)
-                raise InvalidReferences(f"is a file and also the directory of {directory}/{example!s}", key=directory)
-        return {
-            directory: _DirInfo(*ranges.get(directory, (0, 0)), tuple(sorted(names)))
-            for directory, names in subdirs.items()
-        }
+        subdirs = implied_directories(
+            ranges,
+            lambda directory: self._find(directory, ranges) is not None,
+            lambda directory: self._name(ranges[directory][0]),
+        )
+        return {directory: _DirInfo(*ranges.get(directory, (0, 0)), names) for directory, names in subdirs.items()}
 
     # -- entries -------------------------------------------------------------
 
@@ -262,8 +245,6 @@ class CompactNamespace:
     @property
     def directory_count(self) -> int:
         return len(self._dirs)
-
-    size_if_known = staticmethod(Namespace.size_if_known)
 
     @property
     def nbytes(self) -> int:

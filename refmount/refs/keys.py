@@ -17,7 +17,7 @@ import re
 
 from refmount.errors import InvalidReferences
 
-__all__ = ["NAME_MAX", "key_problem", "split_key", "validate_key"]
+__all__ = ["NAME_MAX", "ZMETADATA", "is_meta_key", "key_problem", "split_key", "validate_key"]
 
 #: Longest file name (one path segment) Linux accepts, in bytes.
 NAME_MAX = 255
@@ -92,3 +92,16 @@ def split_key(key: object) -> tuple[str, ...]:
     validate_key(key)
     assert isinstance(key, str)
     return tuple(key.split("/"))
+
+
+#: Zarr's consolidated metadata key; the Parquet layout keeps every metadata document in it.
+ZMETADATA = ".zmetadata"
+
+
+def is_meta_key(key: str) -> bool:
+    """Whether ``key`` is a Zarr metadata document (``.zgroup``, ``x/.zarray``...) rather than a chunk.
+
+    fsspec's rule (its Parquet layout keeps exactly these keys as JSON in
+    ``.zmetadata``); the writers use it to store such keys as JSON documents.
+    """
+    return key.startswith(".z") or "/.z" in key

@@ -8,7 +8,6 @@ whole remote object whose size is only known by asking the store.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,4 +41,13 @@ class Whole:
     url: str
 
 
-Reference = Union[Inline, Range, Whole]
+Reference = Inline | Range | Whole
+
+
+def known_size(ref: Reference) -> int | None:
+    """The size of a reference without asking the store; None for a whole object (only the store knows)."""
+    if isinstance(ref, Inline):
+        return len(ref.data)
+    if isinstance(ref, Range):
+        return ref.length
+    return None

@@ -4,7 +4,7 @@
   is fsspec's Parquet layout; a URL naming the ``.zmetadata`` file itself
   means its directory. Where nothing answers at the set's own URL (HTTP has
   no directories), ``<url>/.zmetadata`` is looked for before giving up. Only ``.zmetadata`` is read now
-  (:class:`~refmount.refs.parquet.ParquetNamespace`).
+  (:class:`~refmount.refs.parquet.tree.ParquetNamespace`).
 * Anything else is a kerchunk JSON file (optionally compressed), parsed in
   full and kept in the compact column form of
   :class:`~refmount.refs.compact.CompactNamespace`.
@@ -26,7 +26,9 @@ from typing import Any, Literal
 from refmount.errors import ConfigError
 from refmount.refs import source
 from refmount.refs.compact import CompactNamespace
-from refmount.refs.parquet import DEFAULT_RECORD_CACHE, ZMETADATA, ParquetNamespace
+from refmount.refs.keys import ZMETADATA
+from refmount.refs.parquet.layout import DEFAULT_RECORD_CACHE
+from refmount.refs.tree import ReferenceTree
 from refmount.urls import absolute_path, is_plain_path, redact_url
 
 __all__ = ["ReferenceSetInfo", "detect_format", "open_reference_set"]
@@ -45,7 +47,7 @@ class ReferenceSetInfo:
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-def detect_format(url: str, storage_options: dict | None = None) -> tuple[Format, Any, str, dict]:
+def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Format, Any, str, dict[str, Any]]:
     """``(format, filesystem, path, info)``: Parquet for a directory with ``.zmetadata``, else JSON.
 
     ``info`` is the backend's description of the JSON file or of ``.zmetadata``.
@@ -83,32 +85,39 @@ def detect_format(url: str, storage_options: dict | None = None) -> tuple[Format
     return "json", fs, path, info
 
 
-def _info(fs: Any, path: str, shown: str, options: dict) -> dict:
-    return source._call(lambda: fs.info(path), "look up", f"{shown}/{ZMETADATA}", options)
+def _info(fs: Any, path: str, shown: str, options: dict[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = source._call(lambda: fs.info(path), "look up", f"{shown}/{ZMETADATA}", options)
+    return info
 
 
 def open_reference_set(
     url: str,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     *,
     record_cache: int = DEFAULT_RECORD_CACHE,
-) -> tuple[ReferenceSetInfo, CompactNamespace | ParquetNamespace]:
-    """Load the set at ``url`` (path or fsspec URL) into a namespace, choosing the format itself."""
+) -> tuple[ReferenceSetInfo, ReferenceTree]:
+    """Load the set at ``url`` (path or fsspec URL) into a tree, choosing the format itself.
+
+    The Parquet reader is imported only here, when a Parquet set is opened: it
+    imports Arrow, which would cost every JSON mount some 30 MB resident.
+    """
     options = dict(storage_options or {})
     kind, fs, path, info = detect_format(url, options)
     url = absolute_path(url)
     shown = redact_url(url)
     mtime = source.mtime_from_info(info)
     if kind == "parquet":
+        from refmount.refs.parquet.tree import ParquetNamespace
+
         meta_path = f"{path}/{ZMETADATA}"
         data = source._call(lambda: fs.cat_file(meta_path), "read", f"{shown}/{ZMETADATA}", options)
-        namespace = ParquetNamespace(fs, path, bytes(data), shown=shown, record_cache=record_cache)
-        return ReferenceSetInfo(url, "parquet", mtime), namespace
+        parquet = ParquetNamespace(fs, path, bytes(data), shown=shown, record_cache=record_cache)
+        return ReferenceSetInfo(url, "parquet", mtime), parquet
     sources, namespace = _load_json(url, options)
     return ReferenceSetInfo(url, "json", mtime, sources), namespace
 
 
-def _load_json(url: str, options: dict) -> tuple[Mapping[str, Mapping[str, Any]], CompactNamespace]:
+def _load_json(url: str, options: dict[str, Any]) -> tuple[Mapping[str, Mapping[str, Any]], CompactNamespace]:
     reference_file, references = source.load_references(url, options)
     sources = reference_file.sources
     del reference_file  # the raw bytes: no longer needed once parsed

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from refmount.errors import BackendError, ConfigError, InvalidReferences
-from refmount.refs.kerchunk import parse_reference_document
+from refmount.refs.kerchunk.parse import parse_reference_document
 from refmount.refs.model import Reference
 from refmount.urls import absolute_path, is_plain_path, redact_url
 
@@ -47,7 +47,7 @@ class ReferenceFile:
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-def read_reference_file(url: str, storage_options: dict | None = None) -> ReferenceFile:
+def read_reference_file(url: str, storage_options: dict[str, Any] | None = None) -> ReferenceFile:
     """Read and decompress the reference file at ``url`` (a path or fsspec URL).
 
     ``storage_options`` go to ``fsspec.filesystem(protocol, **storage_options)``
@@ -72,7 +72,7 @@ def read_reference_file(url: str, storage_options: dict | None = None) -> Refere
 
 
 def load_references(
-    url: str, storage_options: dict | None = None
+    url: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[ReferenceFile, dict[str, Reference]]:
     """Read the reference file at ``url`` and parse it into key -> Reference.
 
@@ -134,7 +134,7 @@ def _call(action: Callable[[], Any], verb: str, shown: str, options: Mapping[str
         raise ConfigError(f"reference file {shown} is not a regular file") from None
     except PermissionError:
         raise ConfigError(f"permission denied to {verb} reference file {shown}") from None
-    except Exception as exc:  # network, timeouts, HTTP 5xx, client errors of any backend
+    except Exception as exc:  # noqa: BLE001 - network, timeouts, HTTP 5xx, client errors of any backend
         detail = _scrub(str(exc), options)
         raise BackendError(
             f"could not {verb} reference file {shown}: {type(exc).__name__}"
@@ -282,7 +282,7 @@ def to_posix_seconds(value: Any) -> float | None:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.UTC)
-        return value.timestamp()
+        return float(value.timestamp())
     if isinstance(value, str):
         text = value.strip()
         if not text:

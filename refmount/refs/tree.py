@@ -3,7 +3,8 @@
 Built once per reference set and never changed while mounted, so lookups
 need no locks. Directories are implied by key prefixes (``temp/0.0`` implies
 ``temp``); a key that is both a file and the prefix of another key cannot be
-presented as a POSIX tree and is refused, naming both keys.
+presented as a POSIX tree and is refused, naming both keys. That rule is
+:func:`implied_directories`, used by every tree implementation.
 
 Inode numbers are derived from the key by hashing, not by numbering in load
 order, so the same key keeps its inode across remounts and reloads.
@@ -12,12 +13,12 @@ order, so the same key keeps its inode across remounts and reloads.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from refmount.errors import InvalidReferences, NotADirectory, NotFound
-from refmount.refs.model import Inline, Range, Reference, Whole
+from refmount.refs.model import Range, Reference, Whole
 
 ROOT_INODE = 1
 
@@ -54,9 +55,11 @@ Node = File | Dir
 
 
 class ReferenceTree(Protocol):
-    """What the filesystem and reader need of a tree; implemented by :class:`Namespace` (a dict),
+    """What the filesystem, reader and views need of a tree: the one interface every signature names.
+
+    Implemented by :class:`Namespace` (a dict),
     :class:`refmount.refs.compact.CompactNamespace` (large JSON sets, column arrays) and
-    :class:`refmount.refs.parquet.ParquetNamespace` (Parquet layout, record files on demand).
+    :class:`refmount.refs.parquet.tree.ParquetNamespace` (Parquet layout, record files on demand).
 
     ``listdir`` may return a lazy iterable: it raises NotFound/NotADirectory when called,
     and yields names as they are produced. ``Dir.children`` is informative only.
@@ -74,33 +77,63 @@ class ReferenceTree(Protocol):
     def __len__(self) -> int: ...
 
 
+def implied_directories(
+    parents: Iterable[str],
+    is_file: Callable[[str], bool],
+    file_in: Callable[[str], str],
+) -> dict[str, tuple[str, ...]]:
+    """Every directory a set implies, each with its subdirectory names (sorted): the one rule of every tree.
+
+    ``parents`` are the directories that directly hold files (``temp`` for
+    ``temp/0.0``); each implies its ancestors up to the root ``""``, which
+    always exists. A directory that is also a file (``is_file``) cannot be
+    presented as a POSIX tree and is refused, naming both keys: the file and
+    a key inside it (a subdirectory, else the file ``file_in(directory)``
+    names). Taking the distinct parents rather than every key keeps this one
+    pass per directory, however many chunks each holds.
+    """
+    subdirs: dict[str, set[str]] = {"": set()}
+    for directory in parents:
+        child = directory
+        while child:
+            subdirs.setdefault(child, set())
+            parent, _, name = child.rpartition("/")
+            known = parent in subdirs
+            subdirs.setdefault(parent, set()).add(name)
+            if known:  # its own ancestors were recorded when it was
+                break
+            child = parent
+    for directory, names in subdirs.items():
+        if directory and is_file(directory):
+            example = min(names) if names else file_in(directory)
+            raise InvalidReferences(f"is a file and also the directory of {directory}/{example!s}", key=directory)
+    return {directory: tuple(sorted(names)) for directory, names in subdirs.items()}
+
+
 class Namespace:
-    """Lookup, listing and per-URL extents for one reference set."""
+    """Lookup, listing and per-URL extents for one reference set, held in a dict."""
 
     def __init__(self, refs: Mapping[str, Reference]) -> None:
         self._files: dict[str, Reference] = dict(refs)
-        children: dict[str, set[str]] = {"": set()}
+        files_in: dict[str, list[str]] = {}
         extents: dict[str, int] = {}
         for key, ref in self._files.items():
             parent, _, name = key.rpartition("/")
-            _add_child(children, parent, name)
+            names = files_in.get(parent)
+            if names is None:
+                files_in[parent] = [name]
+            else:
+                names.append(name)
             if isinstance(ref, Range):
                 end = ref.offset + ref.length
                 if end > extents.get(ref.url, 0):
                     extents[ref.url] = end
-        for directory in children:
-            if directory in self._files:
-                example = next(iter(children[directory]))
-                raise InvalidReferences(
-                    f"is a file and also the directory of {directory}/{example!s}", key=directory
-                )
-        self._dirs: dict[str, tuple[str, ...]] = {d: tuple(sorted(names)) for d, names in children.items()}
+        subdirs = implied_directories(files_in, self._files.__contains__, lambda directory: files_in[directory][0])
+        self._dirs: dict[str, tuple[str, ...]] = {
+            directory: tuple(sorted((*names, *files_in.get(directory, ())))) for directory, names in subdirs.items()
+        }
+        self._subdirs: dict[str, int] = {directory: len(names) for directory, names in subdirs.items() if names}
         self._extents = extents
-        self._subdirs: dict[str, int] = {}
-        for directory in self._dirs:
-            if directory:
-                parent = directory.rpartition("/")[0]
-                self._subdirs[parent] = self._subdirs.get(parent, 0) + 1
 
     # -- queries -------------------------------------------------------------
 
@@ -149,22 +182,3 @@ class Namespace:
     @property
     def directory_count(self) -> int:
         return len(self._dirs)
-
-    @staticmethod
-    def size_if_known(ref: Reference) -> int | None:
-        """The size of a reference without asking the store (None for a whole object)."""
-        if isinstance(ref, Inline):
-            return len(ref.data)
-        if isinstance(ref, Range):
-            return ref.length
-        return None
-
-
-def _add_child(children: dict[str, set[str]], parent: str, name: str) -> None:
-    """Record ``name`` in ``parent`` and ``parent`` in its own parent, up to the first known directory."""
-    while True:
-        known = parent in children
-        children.setdefault(parent, set()).add(name)
-        if known or not parent:
-            return
-        parent, _, name = parent.rpartition("/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +59,9 @@ def classify_dtype(dt: np.dtype) -> DtypeKind:
 
 def _check_fields(dt: np.dtype) -> None:
     """Reject compound types that hold heap objects (vlen, references) in a field."""
+    fields: Mapping[str, Any] = dt.fields or {}
     for name in dt.names or ():
-        field = dt.fields[name][0]
+        field = fields[name][0]
         base = field.subdtype[0] if field.subdtype else field
         if base.kind == "O":
             raise UnrepresentableDtype(f"compound field {name!r} holds variable-length or reference data")
@@ -79,8 +81,9 @@ def zarr_dtype(dt: np.dtype) -> JSON:
     if not _is_packed(dt):
         raise UnrepresentableDtype("compound type with padding between fields")
     out: list[JSON] = []
+    fields: Mapping[str, Any] = dt.fields or {}
     for name in dt.names:
-        field = dt.fields[name][0]
+        field = fields[name][0]
         if field.subdtype is not None:
             base, shape = field.subdtype
             out.append([name, zarr_dtype(base), list(shape)])
@@ -92,8 +95,9 @@ def zarr_dtype(dt: np.dtype) -> JSON:
 def _is_packed(dt: np.dtype) -> bool:
     """True when fields are laid out back to back, as Zarr's list form implies."""
     offset = 0
+    fields: Mapping[str, Any] = dt.fields or {}
     for name in dt.names or ():
-        field, field_offset = dt.fields[name][:2]
+        field, field_offset = fields[name][:2]
         if field_offset != offset:
             return False
         offset += field.itemsize

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import posixpath
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,7 +217,8 @@ def packed_dtype(dt: np.dtype) -> np.dtype:
     """The same fields without padding, for decoded data written by us."""
     if dt.names is None:
         return dt
-    return np.dtype([(n, packed_dtype(dt.fields[n][0])) for n in dt.names])
+    fields: Mapping[str, Any] = dt.fields or {}
+    return np.dtype([(n, packed_dtype(fields[n][0])) for n in dt.names])
 
 
 def _load_filter_plugins() -> None:

@@ -13,6 +13,11 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import fsspec
+
+from refmount.refs.kerchunk.parse import parse_references
+from refmount.refs.parquet.write import write_parquet
+
 #: Template name used for the (single) source URL of a reference set.
 TEMPLATE_NAME = "u"
 
@@ -112,8 +117,6 @@ def write_json(doc: dict[str, Any], target: str, storage_options: dict[str, Any]
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return
-    import fsspec
-
     with fsspec.open(target, "w", **(storage_options or {})) as f:
         f.write(text)
 
@@ -121,9 +124,6 @@ def write_json(doc: dict[str, Any], target: str, storage_options: dict[str, Any]
 def write_parquet_set(doc: dict[str, Any], target: str, record_size: int,
                       storage_options: dict[str, Any] | None = None) -> None:
     """Write a reference set in fsspec's Parquet layout (a directory), replacing an earlier scan's output."""
-    from refmount.cli.convert import write_parquet
-    from refmount.refs.kerchunk import parse_references
-
     references = parse_references(doc)
     write_parquet(lambda: references.items(), target, record_size=record_size,
                   storage_options=storage_options, overwrite=True)

@@ -80,7 +80,7 @@ def _unstrip(protocol: str | None, fs: fsspec.AbstractFileSystem, path: str) -> 
         return path
     if "://" in path:
         return path
-    return fs.unstrip_protocol(path)
+    return str(fs.unstrip_protocol(path))
 
 
 def _options_for(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from cachetools import LRUCache
 from refmount.errors import DecodeError, UnsupportedCodec
 from refmount.metrics import Metrics
 from refmount.read.ranges import clamp_read
-from refmount.refs.model import Inline, Range, Reference, Whole
+from refmount.refs.model import Inline, Range, Reference, Whole, known_size
 from refmount.refs.tree import File, Namespace
 from refmount.urls import redact_url
 
@@ -364,7 +364,7 @@ def decoded_references(
         coords = array.coords_of(rest)
         if coords is None:
             continue
-        if not array.configs and Namespace.size_if_known(ref) == array.chunk_nbytes:
+        if not array.configs and known_size(ref) == array.chunk_nbytes:
             continue  # already what the view presents: served straight from the block cache
         out[key] = DecodedChunk(ref, array, coords)
     consolidated = refs.get(".zmetadata")

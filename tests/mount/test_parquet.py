@@ -19,7 +19,8 @@ import pytest
 from refmount.errors import InvalidReferences, NotFound
 from refmount.refs.model import Inline, Range, Whole
 from refmount.refs.open import open_reference_set
-from refmount.refs.parquet import ParquetNamespace, chunk_number
+from refmount.refs.parquet.layout import chunk_number
+from refmount.refs.parquet.tree import ParquetNamespace
 from tests.support.datasets import write_hdf5
 from tests.support.mounting import mounted
 

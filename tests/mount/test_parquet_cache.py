@@ -7,13 +7,14 @@ import os
 import fsspec
 import pytest
 
-from refmount.cli.convert import write_parquet
 from refmount.cli.main import build_parser, mount_config
 from refmount.config.file import parse_config
 from refmount.config.options import MountConfig, parse_mount_options
 from refmount.errors import ConfigError
 from refmount.refs.model import Range
-from refmount.refs.parquet import DEFAULT_RECORD_CACHE, ParquetNamespace
+from refmount.refs.parquet.layout import DEFAULT_RECORD_CACHE
+from refmount.refs.parquet.tree import ParquetNamespace
+from refmount.refs.parquet.write import write_parquet
 from tests.support.mounting import mounted
 
 GRID = 60  # one variable of 60 chunks, 6 record files of 10

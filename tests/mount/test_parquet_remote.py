@@ -15,8 +15,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from refmount.cli.convert import write_parquet
-from refmount.refs.kerchunk import parse_references
+from refmount.refs.kerchunk.parse import parse_references
+from refmount.refs.parquet.write import write_parquet
 from tests.support.datasets import kerchunk_references, write_hdf5
 from tests.support.mounting import mounted
 

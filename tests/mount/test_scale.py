@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refmount.cli.convert import write_parquet
 from refmount.errors import InvalidReferences, NotADirectory, NotFound
 from refmount.refs.compact import CompactNamespace
-from refmount.refs.kerchunk import parse_references
+from refmount.refs.kerchunk.parse import parse_references
 from refmount.refs.model import Inline, Range, Whole
 from refmount.refs.open import open_reference_set
+from refmount.refs.parquet.write import write_parquet
 from refmount.refs.tree import Dir, File, Namespace
 from tests.support.datasets import kerchunk_references, write_hdf5
 from tests.support.mounting import mounted

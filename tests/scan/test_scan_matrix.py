@@ -61,7 +61,7 @@ def test_every_dataset_reads_back_identically(matrix: Path, scanned) -> None:
     for name, ds in datasets.items():
         try:
             assert_same_array(read_back(group, scanned.refs, name), h5_values(ds), name)
-        except Exception as exc:  # collect all, report together
+        except Exception as exc:  # noqa: BLE001 - collect all, report together
             failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
     assert not failures, "\n".join(failures)
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from refmount.errors import BackendError, InvalidReferences, errno_for
 from refmount.read.cache import BlockCache
 from refmount.read.reader import Reader
-from refmount.refs.kerchunk import parse_reference_bytes, parse_references
+from refmount.refs.kerchunk.parse import parse_reference_bytes, parse_references
 from refmount.refs.tree import Dir, File, Namespace
 from refmount.store.fsspec_store import FsspecBackend
 from refmount.store.options import BackendOptions

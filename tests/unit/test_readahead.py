@@ -15,7 +15,7 @@ from refmount.byterange import ByteRange
 from refmount.read.cache import BlockCache
 from refmount.read.readahead import ReadaheadPlanner
 from refmount.read.reader import Reader
-from refmount.refs.kerchunk import parse_references
+from refmount.refs.kerchunk.parse import parse_references
 from refmount.refs.tree import Namespace
 from tests.support.backends import CountingBackend
 

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refmount.errors import InvalidReferences
-from refmount.refs import kerchunk as kerchunk_module
-from refmount.refs.kerchunk import MAX_OFFSET, parse_reference_bytes, parse_references
+from refmount.refs.kerchunk import gen as kerchunk_module
+from refmount.refs.kerchunk.parse import parse_reference_bytes, parse_references
+from refmount.refs.kerchunk.values import MAX_OFFSET
 from refmount.refs.keys import NAME_MAX, key_problem, split_key, validate_key
 from refmount.refs.model import Inline, Range, Whole
 
@@ -808,8 +809,9 @@ def test_arbitrary_bytes_only_ever_fail_with_invalid_references(data):
 @settings(max_examples=200)
 @given(
     st.dictionaries(
-        st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=10), min_size=1, max_size=3)
-        .map("/".join)
+        st.lists(
+            st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=10), min_size=1, max_size=3
+        ).map("/".join)
         # A top-level "version" key makes a document version 1 (as in fsspec).
         .filter(lambda k: key_problem(k) is None and k != "version"),
         st.tuples(st.sampled_from(["s3://b/f", "https://h/x"]), st.integers(0, 2**40), st.integers(0, 2**20)).map(list)

@@ -1,0 +1,340 @@
+"""The tree of a Parquet reference set, read lazily: metadata up front, record files on demand.
+
+Mounting reads ``.zmetadata`` only, so a set of any size mounts in the time of
+one small GET. A chunk lookup loads the one record file holding it into an
+LRU of decoded records holding at most ``record_cache`` of them (URLs
+dictionary-encoded and interned, offsets and sizes in numpy arrays); a stat
+of one chunk therefore loads at most one record file, and a record file is
+loaded once however many threads ask for it at the same time
+(:class:`refmount.once.Flights`). Listing a field walks its record files one
+at a time (decoding the next one in the background) and streams the names
+of the rows that exist.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cachetools import LRUCache
+
+from refmount.errors import BackendError, InvalidReferences, NotADirectory, NotFound
+from refmount.once import Flights
+from refmount.refs.keys import ZMETADATA, validate_key
+from refmount.refs.model import Inline, Reference
+from refmount.refs.parquet.layout import (
+    DEFAULT_RECORD_CACHE,
+    chunk_grid,
+    chunk_number,
+    metadata_bytes,
+    parse_zmetadata,
+    record_path,
+)
+from refmount.refs.parquet.records import MISSING, MissingRecord, Record, read_record, use_system_allocator
+from refmount.refs.tree import Dir, File, Node, implied_directories
+
+log = logging.getLogger("refmount.refs.parquet")
+
+__all__ = ["ParquetNamespace"]
+
+RecordKey = tuple[str, int]  # (field, record number)
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    grid: tuple[int, ...]
+    total: int
+    records: int
+
+
+class _PrefetchFailed(Exception):
+    """A background load failed; whoever waited for it loads the record itself and reports that failure."""
+
+
+class ParquetNamespace:
+    """The tree of a Parquet reference set; record files are loaded on demand.
+
+    ``fs`` is an fsspec filesystem and ``root`` the set's directory on it.
+    ``record_cache`` is how many decoded record files are kept (least
+    recently used first out); 0 keeps none, so every lookup reads its record
+    file again.
+    """
+
+    def __init__(
+        self,
+        fs: Any,
+        root: str,
+        zmetadata: bytes,
+        *,
+        shown: str | None = None,
+        record_cache: int = DEFAULT_RECORD_CACHE,
+    ) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.shown = shown or self.root
+        documents, self.record_size = parse_zmetadata(zmetadata, self.shown)
+        self._meta: dict[str, bytes] = {ZMETADATA: bytes(zmetadata)}
+        for key, document in documents.items():
+            if not isinstance(key, str) or key == ZMETADATA:
+                continue
+            try:
+                self._meta[key] = metadata_bytes(document)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidReferences(f"{self.shown}: metadata cannot be serialised: {exc}", key=key) from None
+
+        files_in: dict[str, list[str]] = {}
+        for key in self._meta:
+            validate_key(key)
+            parent, _, name = key.rpartition("/")
+            files_in.setdefault(parent, []).append(name)
+        subdirs = implied_directories(files_in, self._meta.__contains__, lambda directory: files_in[directory][0])
+        self._children = {
+            directory: tuple(sorted((*names, *files_in.get(directory, ())))) for directory, names in subdirs.items()
+        }
+        self._subdirs = {directory: len(names) for directory, names in subdirs.items()}
+        self._fields: dict[str, _Field] = {}
+        for key, document in documents.items():
+            if isinstance(key, str) and (key == ".zarray" or key.endswith("/.zarray")):
+                field = key[: -len(".zarray")].rstrip("/")
+                if not field:
+                    continue  # a root array has no record directory in this layout
+                grid = chunk_grid(document, field)
+                total = math.prod(grid)
+                self._fields[field] = _Field(field, grid, total, math.ceil(total / self.record_size))
+        if type(record_cache) is not int or record_cache < 0:
+            raise ValueError(f"record_cache must be a non-negative number of record files, got {record_cache!r}")
+        # One lock guards the records, the loads in flight, the URLs and the extents.
+        self._flights: Flights[RecordKey, Record | MissingRecord] = Flights()
+        self._lock = self._flights.lock
+        self._records: LRUCache[RecordKey, Record | MissingRecord] = LRUCache(maxsize=record_cache)
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._urls: dict[str, str] = {}
+        self._extents: dict[str, int] = {}
+        self.records_loaded = 0
+        use_system_allocator()
+
+    # -- record files ----------------------------------------------------------
+
+    def _intern(self, url: str) -> str:
+        return self._urls.setdefault(url, url)
+
+    def _record(self, field: _Field, number: int) -> Record | MissingRecord:
+        """The decoded record file, from the cache or loaded once for every thread asking at the same time."""
+        key = (field.name, number)
+        while True:
+            with self._lock:
+                record: Record | MissingRecord | None = self._records.get(key)
+                if record is not None:
+                    return record
+                waiting, _ = self._flights.claim_locked((key,))
+            if not waiting:
+                return self._produce(key, field, number)
+            try:
+                return waiting[key].result()
+            except _PrefetchFailed:
+                continue  # load it here, so the failure (if it repeats) is this caller's to report
+
+    def _produce(
+        self, key: RecordKey, field: _Field, number: int, *, failure: type[Exception] | None = None
+    ) -> Record | MissingRecord:
+        """Load a claimed record file, keep it (a cache of 0 keeps nothing) and hand it to its waiters.
+
+        ``failure`` replaces the exception the waiters receive (the prefetch hands them
+        :class:`_PrefetchFailed`, so they load it again themselves).
+        """
+        try:
+            record = self._load(field, number)
+        except BaseException as exc:
+            self._flights.fail((key,), failure() if failure is not None else exc)
+            raise
+        with self._lock:
+            try:
+                self._records[key] = record
+            except ValueError:  # a cache of 0 record files: used once by its waiters
+                pass
+            self._flights.resolve_locked(key, record)
+        return record
+
+    def _prefetch(self, field: _Field, number: int) -> None:
+        """Load a record file in the background; whoever asks for it meanwhile waits for this load.
+
+        Only a listing prefetches (the next record file of the field it walks),
+        and only when the cache can hold that record beside the one being listed.
+        The key is claimed here, before the background thread runs, so the
+        listing never loads the same record a second time.
+        """
+        key = (field.name, number)
+        with self._lock:
+            if self._records.maxsize < 2 or key in self._records or self._flights.in_flight(key):
+                return
+            self._flights.claim_locked((key,))
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="record-prefetch")
+            prefetcher = self._prefetcher
+
+        def load() -> None:
+            try:
+                self._produce(key, field, number, failure=_PrefetchFailed)
+            except Exception as exc:  # noqa: BLE001 - the listing loads it again itself and reports the failure
+                log.debug("prefetch of %s record %d failed: %s", field.name, number, exc)
+
+        try:
+            prefetcher.submit(load)
+        except RuntimeError:  # shutting down: the listing loads it itself
+            self._flights.fail((key,), _PrefetchFailed())
+
+    def _load(self, field: _Field, number: int) -> Record | MissingRecord:
+        path = f"{self.root}/{record_path(field.name, number)}"
+        where = f"{self.shown}/{record_path(field.name, number)}"
+        started = time.perf_counter()
+        try:
+            data = self.fs.cat_file(path)
+        except FileNotFoundError:
+            log.debug("record file %s does not exist: its chunks are absent", where)
+            return MISSING
+        except Exception as exc:  # noqa: BLE001 - any store failure is EIO for the chunk asked
+            raise BackendError(f"could not read record file {where}: {type(exc).__name__}: {exc}") from None
+        record = read_record(data, self._intern, where)
+        del data
+        self._grow_extents(record)
+        with self._lock:
+            self.records_loaded += 1
+        log.debug("loaded record file %s: %d rows in %.1f ms", where, record.rows, (time.perf_counter() - started) * 1e3)
+        return record
+
+    def _grow_extents(self, record: Record) -> None:
+        ranged = (record.url_codes >= 0) & ((record.offsets != 0) | (record.sizes != 0))
+        if record.raw_valid is not None:
+            ranged &= ~record.raw_valid
+        if not ranged.any():
+            return
+        ends = np.zeros(len(record.urls), dtype=np.int64)
+        reaches = record.offsets[ranged].astype(np.int64) + record.sizes[ranged]  # int64: no uint32 overflow
+        np.maximum.at(ends, record.url_codes[ranged], reaches)
+        with self._lock:
+            for code, end in enumerate(ends.tolist()):
+                url = record.urls[code]
+                if end > self._extents.get(url, 0):
+                    self._extents[url] = end
+
+    # -- queries -----------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        """Metadata and directories from memory; a chunk loads (at most) its record file."""
+        key = path.strip("/")
+        data = self._meta.get(key)
+        if data is not None:
+            return File(key, Inline(data))
+        names = self._children.get(key)
+        if names is not None:
+            return Dir(key, names)  # chunk files are listed by listdir only
+        parent, _, name = key.rpartition("/")
+        field = self._fields.get(parent)
+        if field is None:
+            raise NotFound(path)
+        number = chunk_number(name, field.grid)
+        if number is None:
+            raise NotFound(path)
+        ref = self._record(field, number // self.record_size).reference(number % self.record_size)
+        if ref is None:
+            raise NotFound(path)
+        return File(key, ref)
+
+    def listdir(self, path: str) -> Iterator[str]:
+        """Names in a directory; a field's chunk names stream record file by record file."""
+        key = path.strip("/")
+        names = self._children.get(key)
+        if names is None:
+            self.lookup(key)  # NotFound, unless it is a file
+            raise NotADirectory(path)
+        field = self._fields.get(key)
+        return itertools.chain(names, self._chunk_names(field)) if field is not None else iter(names)
+
+    def _chunk_names(self, field: _Field) -> Iterator[str]:
+        """Chunk names of the rows that exist, one record file loaded at a time.
+
+        Built from C iterators only (names from ``product``/``join``, rows
+        kept by ``compress``, records joined by ``chain``), so no Python frame
+        runs per name: a million-chunk listing costs about a tenth of a second
+        here, and the rest is the kernel and FUSE.
+        """
+        labels = [list(map(str, range(size))) for size in field.grid]
+        names = map(".".join, itertools.product(*labels))
+
+        def record_names(number: int) -> Iterator[str]:
+            if number + 1 < field.records:
+                self._prefetch(field, number + 1)  # decoded while this record's names are listed
+            count = min(self.record_size, field.total - number * self.record_size)
+            present = self._record(field, number).present(count)
+            rows = itertools.islice(names, count)  # consumed in full before the next record's
+            return rows if present.all() else itertools.compress(rows, present.tolist())
+
+        return itertools.chain.from_iterable(map(record_names, range(field.records)))
+
+    def iter_references(self) -> Iterator[tuple[str, Reference]]:
+        """Every (key, reference): metadata, then each field's chunks record by record."""
+        for key, data in self._meta.items():
+            yield key, Inline(data)
+        for field in self._fields.values():
+            labels = [list(map(str, range(size))) for size in field.grid]
+            names = map(".".join, itertools.product(*labels))
+            for number in range(field.records):
+                count = min(self.record_size, field.total - number * self.record_size)
+                record = self._record(field, number)
+                for row, name in zip(range(count), names, strict=False):
+                    ref = record.reference(row)
+                    if ref is not None:
+                        yield f"{field.name}/{name}", ref
+
+    def subdirectory_count(self, path: str) -> int:
+        return self._subdirs.get(path.strip("/"), 0)
+
+    def extent(self, url: str) -> int:
+        """The furthest referenced byte of ``url`` among the record files loaded so far.
+
+        Knowing the true maximum over the whole set would mean reading every
+        record file at mount time, which is what this layout exists to avoid;
+        asking the store for the object size instead would add a HEAD per
+        object and read past the referenced bytes. The value used here is
+        exact for everything loaded, only grows, and always covers the
+        reference being read, because resolving that reference loaded its
+        record first. The block cache refetches a block cut at an earlier,
+        shorter extent when a later read needs more of it, so growth is safe.
+        """
+        return self._extents.get(url, 0)
+
+    @property
+    def urls(self) -> Iterable[str]:
+        """URLs seen in the record files loaded so far (all of them would need every record)."""
+        with self._lock:
+            return list(self._urls)
+
+    def __len__(self) -> int:
+        """Metadata keys plus chunk slots: an upper bound, as fsspec counts (missing rows included)."""
+        return len(self._meta) + sum(field.total for field in self._fields.values())
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self.iter_references())
+
+    @property
+    def directory_count(self) -> int:
+        return len(self._children)
+
+    @property
+    def records_cached(self) -> int:
+        """How many decoded record files are held now (at most ``record_cache``)."""
+        with self._lock:
+            return len(self._records)
+
+    @property
+    def record_files(self) -> int:
+        """How many record files the set has at most."""
+        return sum(field.records for field in self._fields.values())
