@@ -59,7 +59,8 @@ from refmount.store.fsspec_store import (
 from refmount.store.policy import UrlPolicy
 from refmount.store.redirects import origin_of
 from refmount.urls import protocol_of, redact_url
-from refmount.views.decoded import DecodedChunkCache, cache_budgets, present
+from refmount.views.decoded import DecodedChunkCache
+from refmount.views.present import cache_budgets, present
 
 log = logging.getLogger("refmount.mount")
 
