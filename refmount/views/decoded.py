@@ -260,7 +260,8 @@ class DecodedTree:
             log.warning("decoded view: %s: %s; its chunks will read as EIO", name, "; ".join(codec.problems))
             return
         if not codec.configs:
-            log.info("decoded view: %s: no codecs; chunks of %d bytes are served as stored", name, codec.chunk_nbytes)
+            log.info("decoded view: %s: no codecs; a chunk holding the %d bytes of a full chunk is served as stored",
+                     name, codec.chunk_nbytes)
             return
         capacity = self._chunk_cache_capacity
         if capacity is not None and codec.chunk_nbytes > capacity:
