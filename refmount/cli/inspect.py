@@ -22,7 +22,7 @@ from refmount.refs.model import Inline, Range, Whole
 from refmount.refs.open import open_reference_set
 from refmount.refs.tree import ReferenceTree
 from refmount.urls import protocol_of, redact_url
-from refmount.views.decoded import is_object_dtype, unavailable_codecs
+from refmount.views.zarr_meta import is_object_dtype, unavailable_codecs
 
 
 @dataclass

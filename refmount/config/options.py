@@ -24,7 +24,7 @@ from typing import Any
 from refmount.errors import ConfigError
 from refmount.store.options import BackendOptions
 from refmount.store.policy import UrlPolicy
-from refmount.views.decoded import parse_view as parse
+from refmount.views.present import parse_view as parse
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)

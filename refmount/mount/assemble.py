@@ -45,7 +45,8 @@ from refmount.store.fsspec_store import FsspecBackend
 from refmount.store.options import filesystem_options
 from refmount.store.redirects import origin_of
 from refmount.urls import protocol_of, redact_url
-from refmount.views.decoded import DecodedChunkCache, cache_budgets, present
+from refmount.views.decoded import DecodedChunkCache
+from refmount.views.present import cache_budgets, present
 
 log = logging.getLogger("refmount.sets")
 

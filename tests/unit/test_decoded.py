@@ -27,14 +27,8 @@ from refmount.read.reader import Reader
 from refmount.refs.model import Inline, Range
 from refmount.refs.tree import Namespace
 from refmount.store.policy import UrlPolicy
-from refmount.views.decoded import (
-    DecodedChunk,
-    DecodedChunkCache,
-    cache_budgets,
-    decoded_references,
-    parse_view,
-    present,
-)
+from refmount.views.decoded import DecodedChunk, DecodedChunkCache, DecodedTree
+from refmount.views.present import cache_budgets, parse_view, present
 from tests.support.backends import CountingBackend
 
 KERNEL_READ = 128 << 10
@@ -228,7 +222,7 @@ def test_concurrent_readers_of_one_chunk_decode_once(tmp_path):
         v.close()
 
 
-def test_chunk_larger_than_its_share_is_served_not_kept(tmp_path):
+def test_chunk_larger_than_its_share_is_served_not_kept(tmp_path, caplog):
     root = tmp_path / "s.zarr"
     data = np.arange(64 * 64, dtype="<i8").reshape(64, 64)
     write_array(root, "v", data, (64, 64), compressor=numcodecs.Zlib())
@@ -236,11 +230,12 @@ def test_chunk_larger_than_its_share_is_served_not_kept(tmp_path):
     try:
         assert v.read("/v/0.0") == data.tobytes()
         assert v.chunks.size == 0
+        assert "exceed the decoded chunk cache (1024 bytes)" in array_log_lines(caplog)["v"]
     finally:
         v.close()
 
 
-def test_missing_codec_is_eio_naming_it_and_other_arrays_read(store, tmp_path):
+def test_missing_codec_is_eio_naming_it_and_other_arrays_read(store, tmp_path, caplog):
     root, arrays = store
     refs = references_of(root)
     meta = json.loads(refs["zlib/.zarray"].data)
@@ -256,6 +251,9 @@ def test_missing_codec_is_eio_naming_it_and_other_arrays_read(store, tmp_path):
         assert v.backend.gets == 0  # refused before fetching anything
         np.testing.assert_array_equal(np.frombuffer(v.read("/zstd/0.0"), "<i4").reshape(10, 16), arrays["zstd"][:10, :16])
         assert "codec 'zfpy' is not installed" in v.fs.getxattr("/zlib/0.0", "user.refmount.error").decode()
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warnings == ["decoded view: zlib: codec 'zfpy' is not installed (no numcodecs codec has that id); "
+                            "its chunks will read as EIO"]  # one line for the array, however many reads
     finally:
         v.close()
 
@@ -301,15 +299,31 @@ def test_edge_chunk_stored_cut_to_the_array_is_padded_with_fill_value():
         v.close()
 
 
-def test_object_dtype_keeps_its_codec(tmp_path):
+def inline_metadata_only(key, ref) -> bytes:
+    raise AssertionError(f"{key}: metadata is inline in these sets, nothing should be read for it")
+
+
+def array_log_lines(caplog) -> dict[str, str]:
+    """The line the view logged for each array when it first read its metadata."""
+    lines = {}
+    for record in caplog.records:
+        message = record.getMessage()
+        if message.startswith("decoded view: "):
+            name, _, rest = message[len("decoded view: "):].partition(": ")
+            lines[name] = rest
+    return lines
+
+
+def test_object_dtype_keeps_its_codec(tmp_path, caplog):
     root = tmp_path / "o.zarr"
     names = np.array(["Zürich", "Oslo", "", "Reykjavík"], dtype=object)
     array = zarr.create_array(store=str(root), name="names", shape=(4,), chunks=(2,), dtype=str, zarr_format=2)
     array[...] = names
     refs = references_of(root)
-    decoded, report = decoded_references(refs, lambda key, ref: b"")
-    assert decoded["names/.zarray"] == refs["names/.zarray"] and decoded["names/0"] == refs["names/0"]
-    assert "object dtype" in report.kept["names"]
+    caplog.set_level("INFO", logger="refmount.decoded")
+    tree = DecodedTree(Namespace(refs), inline_metadata_only)
+    assert tree.lookup("names/.zarray").ref == refs["names/.zarray"] and tree.lookup("names/0").ref == refs["names/0"]
+    assert "object dtype" in array_log_lines(caplog)["names"]
     v = View(refs)
     try:
         copy = v.copy_to(tmp_path / "copy.zarr")
@@ -318,20 +332,108 @@ def test_object_dtype_keeps_its_codec(tmp_path):
         v.close()
 
 
-def test_uncompressed_full_chunks_pass_through_and_consolidated_metadata_is_rewritten(store):
+def test_uncompressed_full_chunks_pass_through_and_consolidated_metadata_is_rewritten(store, caplog):
     root, _ = store
     refs = references_of(root)
     consolidated = {"zarr_consolidated_format": 1,
                     "metadata": {k: json.loads(r.data) for k, r in refs.items() if isinstance(r, Inline)}}
     refs[".zmetadata"] = Inline(json.dumps(consolidated).encode())
-    decoded, report = decoded_references(refs, lambda key, ref: b"")
-    assert decoded["none/0.0"] is refs["none/0.0"]  # no codec, full size: the raw reference itself
-    assert isinstance(decoded["none/3.3"], Range)
-    assert isinstance(decoded["zlib/0.0"], DecodedChunk)
-    assert "none" in report.unchanged and "zlib" in report.decoded
-    metadata = json.loads(decoded[".zmetadata"].data)["metadata"]
+    caplog.set_level("INFO", logger="refmount.decoded")
+    tree = DecodedTree(Namespace(refs), inline_metadata_only)
+    assert tree.lookup("none/0.0").ref is refs["none/0.0"]  # no codec, full size: the raw reference itself
+    assert isinstance(tree.lookup("none/3.3").ref, Range)
+    assert isinstance(tree.lookup("zlib/0.0").ref, DecodedChunk)
+    logged = array_log_lines(caplog)
+    assert logged["none"].startswith("no codecs") and logged["zlib"].startswith("chunks decoded from zlib")
+    metadata = json.loads(tree.lookup(".zmetadata").ref.data)["metadata"]
     assert metadata["zstd/.zarray"]["compressor"] is None and metadata["zstd/.zarray"]["filters"] is None
     assert metadata["zstd/.zattrs"] == json.loads(refs["zstd/.zattrs"].data)
+
+
+class RecordingTree:
+    """A dict tree that records every question asked of it, to show what the view touches."""
+
+    def __init__(self, refs: dict) -> None:
+        self.inner = Namespace(refs)
+        self.lookups: list[str] = []
+        self.enumerations: list[str] = []
+
+    def lookup(self, path):
+        self.lookups.append(path.strip("/"))
+        return self.inner.lookup(path)
+
+    def listdir(self, path):
+        self.enumerations.append(f"listdir {path}")
+        return self.inner.listdir(path)
+
+    def iter_references(self):
+        self.enumerations.append("iter_references")
+        return self.inner.iter_references()
+
+    def __iter__(self):
+        self.enumerations.append("iter")
+        return iter(self.inner)
+
+    @property
+    def urls(self):
+        self.enumerations.append("urls")
+        return self.inner.urls
+
+    def subdirectory_count(self, path):
+        return self.inner.subdirectory_count(path)
+
+    def extent(self, url):
+        return self.inner.extent(url)
+
+    @property
+    def directory_count(self):
+        return self.inner.directory_count
+
+    def __len__(self):
+        return len(self.inner)
+
+
+def test_the_view_is_lazy_a_chunk_lookup_reads_only_its_arrays_metadata(store):
+    root, arrays = store
+    recording = RecordingTree(references_of(root))
+    backend = CountingBackend()
+    cache = BlockCache(backend, capacity=8 << 20, block_size=64 << 10, max_request=1 << 20)
+    reader = Reader(recording.inner, cache, backend, readahead=0)
+    tree, view_reader = present("decoded", recording, reader)
+    try:
+        assert recording.lookups == [] and recording.enumerations == [] and backend.gets == 0
+        chunk = tree.lookup("zstd/1.2")
+        assert isinstance(chunk.ref, DecodedChunk) and chunk.ref.coords == (1, 2)
+        assert recording.lookups == ["zstd/1.2", "zstd/.zarray"]
+        recording.lookups.clear()
+        assert isinstance(tree.lookup("zstd/3.0").ref, DecodedChunk)
+        assert recording.lookups == ["zstd/3.0"]  # the array's metadata is remembered
+        recording.lookups.clear()
+        assert isinstance(tree.lookup("grp/nested/2/1").ref, DecodedChunk)  # "/" separator: chunk dirs first
+        assert recording.lookups == ["grp/nested/2/1", "grp/nested/2/.zarray", "grp/nested/.zarray"]
+        expected = np.frombuffer(view_reader.read(chunk, 0, chunk.ref.size), "<i4").reshape(10, 16)
+        np.testing.assert_array_equal(expected, arrays["zstd"][10:20, 32:48])
+        assert recording.enumerations == [] and backend.gets == 1  # the one chunk read
+    finally:
+        view_reader.close()
+
+
+def test_array_metadata_is_remembered_for_a_bounded_number_of_arrays(store):
+    root, _ = store
+    recording = RecordingTree(references_of(root))
+    tree = DecodedTree(recording, inline_metadata_only, arrays_kept=2)
+    for name in ("zlib", "gzip", "zstd"):
+        tree.lookup(f"{name}/0.0")
+    recording.lookups.clear()
+    tree.lookup("zstd/0.1")
+    tree.lookup("zlib/0.1")  # pushed out by the third array: read again
+    assert recording.lookups == ["zstd/0.1", "zlib/0.1", "zlib/.zarray"]
+
+
+def test_decoding_reader_describes_decoded_chunks(view):
+    info = view.reader.describe(view.fs.namespace.lookup("zlib/1.1"))
+    assert info["kind"] == "decoded" and info["codecs"] == "zlib" and info["decoded-length"] == str(10 * 16 * 4)
+    assert info["source"] == "range" and info["url"].endswith("zlib/1.1")
 
 
 def test_view_option_and_budget_split():

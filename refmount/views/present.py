@@ -1,0 +1,79 @@
+"""Which view a reference set is shown in, and how the memory budget is split for it.
+
+A view is a property of one reference set: :func:`present` wraps the set's
+raw tree and reader, so a mount of several sets can show each in its own
+view. ``raw`` shows the bytes as referenced; ``decoded`` (see
+:mod:`refmount.views.decoded`) shows every chunk decoded and every
+``.zarray`` without codecs. Wrapping is lazy: nothing of the set is read
+here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from refmount.refs.model import Reference
+from refmount.refs.tree import File, ReferenceTree
+from refmount.views.decoded import DecodedChunkCache, DecodedTree, DecodingReader
+
+log = logging.getLogger("refmount.decoded")
+
+VIEWS = ("raw", "decoded")
+
+#: Share of ``cache_size`` given to decoded chunks under the decoded view.
+DECODED_SHARE = 0.5
+
+
+def parse_view(text: Any) -> str:
+    """The ``view`` option: ``raw`` (bytes as referenced) or ``decoded``."""
+    value = str(text).strip().lower()
+    if value not in VIEWS:
+        raise ValueError(f"{text!r} is not a view (use raw or decoded)")
+    return value
+
+
+def cache_budgets(view: str, cache_size: int, block_size: int) -> tuple[int, int]:
+    """Split one memory budget into (raw block cache, decoded chunk cache) bytes.
+
+    The raw cache always keeps at least one block so a read can be served.
+    """
+    if view != "decoded":
+        return cache_size, 0
+    decoded = int(cache_size * DECODED_SHARE)
+    raw = cache_size - decoded
+    if raw < block_size:
+        raw = min(block_size, cache_size)
+        decoded = cache_size - raw
+    return raw, decoded
+
+
+def present(
+    view: str,
+    namespace: ReferenceTree,
+    reader: Any,
+    *,
+    chunk_cache: DecodedChunkCache | None = None,
+    set_id: str = "",
+) -> tuple[ReferenceTree, Any]:
+    """The tree and reader one reference set shows in ``view`` (``raw`` returns them unchanged).
+
+    ``reader`` is the set's raw reader (:class:`refmount.read.reader.Reader`);
+    under ``decoded`` it reads the metadata documents that are not inline and
+    the raw bytes of every chunk decoded.
+    """
+    if view == "raw":
+        return namespace, reader
+    if view != "decoded":
+        raise ValueError(f"unknown view {view!r}")
+    if chunk_cache is None:
+        chunk_cache = DecodedChunkCache(reader.cache.block_size * 64, reader.metrics)
+
+    def read_meta(key: str, ref: Reference) -> bytes:
+        data: bytes = reader.read(File(key, ref), 0, reader.size(ref))
+        return data
+
+    log.info("decoded view%s: arrays are decoded from their metadata as they are first read; decoded chunk "
+             "cache %d bytes", f" of {set_id}" if set_id else "", chunk_cache.capacity)
+    tree = DecodedTree(namespace, read_meta, chunk_cache_capacity=chunk_cache.capacity)
+    return tree, DecodingReader(reader, chunk_cache, set_id)
