@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,9 +19,10 @@ import numcodecs
 
 from refmount.config.options import MountConfig, backend_options
 from refmount.mount.assemble import reference_storage_options
-from refmount.refs.model import Inline, Range, Whole
+from refmount.refs.model import Inline, Range, Reference, Whole
 from refmount.refs.open import open_reference_set
 from refmount.refs.tree import ReferenceTree
+from refmount.store.policy import UrlPolicy
 from refmount.urls import protocol_of, redact_url
 from refmount.views.zarr_meta import is_object_dtype, unavailable_codecs
 
@@ -75,13 +77,15 @@ def missing_codecs(ids: list[str]) -> list[str]:
     return missing
 
 
-def summarise(source: str, refs, namespace: ReferenceTree, policy) -> Summary:  # type: ignore[no-untyped-def]
+def summarise(
+    source: str, refs: Mapping[str, Reference] | Iterable[tuple[str, Reference]], namespace: ReferenceTree, policy: UrlPolicy
+) -> Summary:
     """One streaming pass over ``refs`` (a mapping, or an iterable of (key, reference) pairs)."""
     summary = Summary(source=redact_url(source), keys=0, directories=namespace.directory_count)
     urls: set[str] = set()
     chunk_counts: Counter[str] = Counter()
     zarrays: list[tuple[str, bytes]] = []
-    for key, ref in refs.items() if hasattr(refs, "items") else refs:
+    for key, ref in refs.items() if isinstance(refs, Mapping) else refs:
         summary.keys += 1
         parent, _, name = key.rpartition("/")
         if not name.startswith("."):
