@@ -1,31 +1,12 @@
-"""Many reference sets under one mount, loaded lazily, unloaded when idle, reloaded atomically.
+"""The reference sets of a collection: which entries of a directory or URL prefix are sets, and their names.
 
-A mount serves either one reference set at its root, or a *collection*: a
-directory or URL prefix holding many sets (kerchunk JSON files, possibly
-compressed, and Parquet reference directories), each shown as a
-subdirectory named after it (``era5.json`` -> ``era5/``).
-
-Lifecycle of a set in a collection. Listing the mount root never loads a
-set: its subdirectories are synthesised from the listing of the source.
-The first lookup inside a set loads it (once, whoever asks at the same
-time waits for the same load) and builds a :class:`RefFilesystem` over the
-process-wide cache and backend, so there is still one memory budget for the
-whole mount. A set nobody has touched for ``idle_unload`` seconds and that
-has no open file is dropped again. A set that fails to load is shown as a
-directory whose contents answer EIO, with the reason logged once; its
-neighbours are unaffected and the load is retried after a pause or a reload.
-
-Reload (SIGHUP, ``refmount reload``) lists the source again: new sets
-appear, removed sets disappear, and a set whose fingerprint (size, ETag or
-mtime) changed is rebuilt and swapped in with one reference assignment.
-Open files hold the filesystem generation they were opened on, so they keep
-reading the data they opened; new opens see the new generation. A changed
-set that fails to load keeps serving its previous version (an operator's
-bad upload must not take data away from running jobs) and the failure is
-logged and counted.
-
-Every set, JSON or Parquet, is opened by :func:`refmount.refs.open.open_reference_set`,
-the same entry point ``refmount inspect`` uses; it detects the format itself.
+A collection is a directory or prefix holding many sets — kerchunk JSON
+files (possibly compressed) and Parquet reference directories (a folder with
+``.zmetadata``) — each served as a subdirectory named after it
+(``era5.json`` -> ``era5/``, ``ocean.parq/`` -> ``ocean/``). Each entry
+carries a fingerprint (size and ETag, version or mtime), which is how a
+reload tells a changed set from an unchanged one. Listing reads names and
+sizes only: no set is opened here (the router loads them on first use).
 """
 
 from __future__ import annotations
