@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     reload = commands.add_parser(
-        "reload", help="re-read the reference set(s) of a running mount (like SIGHUP)",
+        "reload", help="re-read the reference set(s) of a running mount (what SIGHUP does)",
         description="New sets appear, removed sets disappear, changed sets are swapped; open files keep their data.",
     )
     reload.add_argument("mountpoint", metavar="MOUNTPOINT")

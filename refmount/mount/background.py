@@ -4,9 +4,12 @@ The daemon is this same command with ``--foreground``, started with exec as a
 new session *before this process has started any thread*: forking a process
 that already runs threads (the FUSE loop, cache workers, the event loop of
 fsspec) can leave locks held forever in the child, so nothing ever does.
-This process then returns only once the mount answers (exit 0), or prints
-the daemon's log since it started and fails with its status, which is what
-a shell, mount(8) and fstab expect of a mount command. Credentials travel in
+This process then returns only once the *new* mount answers (exit 0), or
+prints the daemon's log since it started and fails with its status, which
+is what a shell, mount(8) and fstab expect of a mount command. "Answers"
+is a readdir through a mount whose id differs from the live mount that was
+there before the daemon started (see :func:`~refmount.mount.mountpoint.answers`),
+so neither a mount already in place nor a stale one passes for success. Credentials travel in
 the daemon's environment, never in its argv (see ``refmount.cli.secretargs``).
 """
 
@@ -17,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from refmount.mount.mountpoint import DaemonExited, MountTimedOut, wait_until_answers
+from refmount.mount.mountpoint import DaemonExited, MountTimedOut, live_mount_id, wait_until_answers
 
 
 def default_log_path(mountpoint: str) -> str:
@@ -39,6 +42,7 @@ def start_background(argv: list[str], mountpoint: str, log_file: str | None, tim
     command = [sys.executable, "-m", "refmount", *argv, "--foreground"]
     if not log_file:
         command += ["--log-file", log_path]
+    replacing = live_mount_id(mountpoint)  # before the daemon starts: what must not count as its mount
     with open(log_path, "ab") as sink:
         start_offset = sink.tell()
         child = subprocess.Popen(
@@ -46,7 +50,7 @@ def start_background(argv: list[str], mountpoint: str, log_file: str | None, tim
             env=env,
         )
     try:
-        wait_until_answers(mountpoint, timeout, process=child)
+        wait_until_answers(mountpoint, timeout, process=child, replacing=replacing)
     except DaemonExited as exc:
         code = exc.returncode
         sys.stderr.write(_log_since(log_path, start_offset) or f"refmount daemon exited with status {code}\n")

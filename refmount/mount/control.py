@@ -1,44 +1,39 @@
-"""The channel to a running mount: live figures through a local socket, reload through SIGHUP.
+"""The client end of the channel to a running mount: ``refmount stats`` and ``refmount reload``.
 
-The figures are served on an abstract Unix socket named after the
-mountpoint's real path. Why a socket rather than an attribute or a file in
-the tree: the tree stays exactly the reference set (and xattrs can stay off,
-which keeps ``ls -l`` from costing a daemon round trip per file); an
-abstract name needs no directory to agree on and leaves nothing behind when
-the daemon dies. Who may ask follows who may see the mount: the mounting
-user and root, and everyone when the mount has ``allow_other``, checked
-with the caller's credentials (SO_PEERCRED). Abstract sockets belong to a
-network namespace, so ``refmount stats`` must run in the daemon's.
+The daemon answers on an abstract Unix socket named after the mountpoint's
+real path (server: :mod:`refmount.mount.controlserver`). Why a socket
+rather than an attribute or a file in the tree: the tree stays exactly the
+reference set (and xattrs can stay off, which keeps ``ls -l`` from costing a
+daemon round trip per file). Who may ask follows who may see the mount: the
+mounting user and root, and everyone when the mount has ``allow_other``.
+Abstract sockets belong to a network namespace, so the commands must run in
+the daemon's.
 
-Reload needs the right to signal the daemon, so ``refmount reload`` reads
-the daemon's pid from the same channel, sends SIGHUP (what systemd's
-``ExecReload`` does too) and waits until the reload generation moves on,
-then prints the outcome the daemon recorded.
+Any local user can bind an abstract name, so the client authenticates the
+server before believing a word: the kernel's mount table names the user
+that made the mount (``user_id=``), the daemon's record in a directory only
+root or that user can write (:mod:`refmount.mount.runfile`) names its pid
+and the channel's address, and the server end's SO_PEERCRED must match both
+(uid root or the owner; pid the recorded one, when the record is readable).
+Reload is a request on the channel answered with its outcome; nothing is
+ever signalled on the strength of what a channel said.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
-import signal
 import socket
-import socketserver
 import struct
-import sys
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from refmount.errors import ConfigError
-from refmount.mount.mountpoint import is_stale
+from refmount.mount.mountpoint import is_stale, mount_entry
+from refmount.mount.runfile import mount_digest, read_record
 
-log = logging.getLogger("refmount.control")
-
-#: The one request the channel answers.
+#: The requests the channel answers, one line each.
 STATS_REQUEST = b"stats\n"
+RELOAD_REQUEST = b"reload\n"
 _UCRED = struct.Struct("3i")  # pid, uid, gid of the connected peer
 
 #: Order and labels of ``refmount stats``.
@@ -65,81 +60,75 @@ DISPLAY = (
 
 
 def control_address(mountpoint: str) -> str:
-    """The abstract socket name of the mount at ``mountpoint`` (one per real path)."""
-    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:32]
-    return f"\0refmount/{digest}"
+    """The usual abstract socket name of the mount at ``mountpoint`` (one per real path)."""
+    return f"\0refmount/{mount_digest(mountpoint)}"
 
 
-class ControlServer:
-    """Answer ``stats`` requests for one mount from a background thread."""
+def peer_credentials(connection: socket.socket) -> tuple[int, int, int]:
+    """pid, uid and gid of the other end of a connected Unix socket, as the kernel recorded them."""
+    pid, uid, gid = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return pid, uid, gid
 
-    def __init__(self, mountpoint: str, report: Callable[[], dict[str, Any]], *, allow_other: bool) -> None:
-        self.mountpoint = mountpoint
-        self._report = report
-        self._allow_other = allow_other
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
 
-    def start(self) -> ControlServer:
-        """Bind and serve; a channel that cannot be bound is logged, the mount goes on without it."""
-        owner = self
+def _open_channel(mountpoint: str, timeout: float) -> socket.socket:
+    """A connection to the daemon of ``mountpoint``, whose server end has been authenticated."""
+    entry = mount_entry(mountpoint)
+    owner = entry.owner_uid if entry is not None else None
+    if entry is None or entry.fstype != "fuse.refmount" or owner is None:
+        raise ConfigError(f"{mountpoint} is not a running refmount mount")
+    if is_stale(mountpoint):
+        raise ConfigError(f"{mountpoint} is a stale mount: its daemon died (refmount umount {mountpoint})")
+    if os.geteuid() not in (0, owner) and "allow_other" not in entry.super_options:
+        raise ConfigError(f"cannot reach the daemon of {mountpoint}: not allowed: the mount is private to its owner")
+    record = read_record(mountpoint, owner)
+    address = "\0" + record.address if record is not None else control_address(mountpoint)
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel.settimeout(timeout)
+    try:
+        channel.connect(address)
+        pid, uid, _ = peer_credentials(channel)
+    except OSError as exc:
+        channel.close()
+        if isinstance(exc, (ConnectionRefusedError, FileNotFoundError)):
+            raise ConfigError(f"{mountpoint} is a refmount mount, but its daemon serves no control channel") from None
+        raise ConfigError(f"cannot reach the daemon of {mountpoint}: {exc.strerror or exc}") from None
+    if uid not in (0, owner) or (record is not None and pid != record.pid):
+        channel.close()
+        expected = f"pid {record.pid}" if record is not None else f"uid 0 or {owner}"
+        raise ConfigError(f"refusing the control channel of {mountpoint}: it is served by pid {pid} (uid {uid}), "
+                          f"not by the mount's daemon ({expected}); another process holds its name")
+    return channel
 
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                owner._answer(self.request)
 
+def _request(mountpoint: str, request: bytes, timeout: float) -> dict[str, Any]:
+    """Send ``request`` to the authenticated daemon of ``mountpoint`` and decode its answer."""
+    with _open_channel(mountpoint, timeout) as channel:
+        chunks: list[bytes] = []
         try:
-            server = socketserver.ThreadingUnixStreamServer(control_address(self.mountpoint), Handler)
-        except OSError as exc:
-            log.warning("no stats channel for %s: %s", self.mountpoint, exc.strerror)
-            return self
-        server.daemon_threads = True
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="refmount-control", daemon=True).start()
-        return self
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _answer(self, connection: socket.socket) -> None:
-        connection.settimeout(5)
+            channel.sendall(request)
+        except BrokenPipeError:
+            pass  # refused and closed at once; its refusal may still be waiting to be read
         try:
-            request = connection.recv(64)  # read first: closing on unread data would reset the connection
-            _, uid, _ = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            if not (self._allow_other or uid in (0, os.geteuid())):
-                log.info("stats refused to uid %d: the mount is not allow_other", uid)
-                answer: dict[str, Any] = {"error": "not allowed: the mount is private to its owner"}
-            elif request != STATS_REQUEST:
-                answer = {"error": "unknown request"}
-            else:
-                answer = self._report()
-            connection.sendall(json.dumps(answer, sort_keys=True).encode())
+            while chunk := channel.recv(1 << 16):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass  # closed with our request unread: what arrived before is the answer
         except OSError as exc:
-            log.debug("stats request dropped: %s", exc)
+            raise ConfigError(f"no answer from the daemon of {mountpoint}: {exc.strerror or exc}") from None
+    if not chunks:
+        raise ConfigError(f"the daemon of {mountpoint} closed the channel without answering")
+    try:
+        answer: dict[str, Any] = json.loads(b"".join(chunks))
+    except ValueError:
+        raise ConfigError(f"the daemon of {mountpoint} sent an answer that is not JSON") from None
+    if "error" in answer:
+        raise ConfigError(f"the daemon of {mountpoint} answered: {answer['error']}")
+    return answer
 
 
 def read_stats(mountpoint: str, *, timeout: float = 10.0) -> dict[str, Any]:
     """The figures of the refmount mount at ``mountpoint``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
-        channel.settimeout(timeout)
-        try:
-            channel.connect(control_address(mountpoint))
-            channel.sendall(STATS_REQUEST)
-            chunks = []
-            while chunk := channel.recv(1 << 16):
-                chunks.append(chunk)
-        except (ConnectionRefusedError, FileNotFoundError):
-            if is_stale(mountpoint):
-                raise ConfigError(f"{mountpoint} is a stale mount: its daemon died (refmount umount {mountpoint})") from None
-            raise ConfigError(f"{mountpoint} is not a running refmount mount") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read figures of {mountpoint}: {exc.strerror or exc}") from None
-    figures: dict[str, Any] = json.loads(b"".join(chunks))
-    if "error" in figures:
-        raise ConfigError(f"cannot read figures of {mountpoint}: {figures['error']}")
-    return figures
+    return _request(mountpoint, STATS_REQUEST, timeout)
 
 
 def format_stats(figures: dict[str, Any]) -> str:
@@ -170,26 +159,11 @@ def run_stats(mountpoint: str, *, as_json: bool = False) -> int:
 
 
 def run_reload(mountpoint: str, *, timeout: float = 60.0) -> int:
-    """Ask the daemon of ``mountpoint`` to reload, wait for it and print what happened."""
-    before = read_stats(mountpoint)
-    pid = int(before["pid"])
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except PermissionError:
-        raise ConfigError(f"not allowed to signal the daemon of {mountpoint} (pid {pid}): "
-                          "run as the user that mounted it, or root") from None
-    except ProcessLookupError:
-        raise ConfigError(f"the daemon of {mountpoint} (pid {pid}) is not running here") from None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        after = read_stats(mountpoint)
-        if after.get("generation", 0) != before.get("generation", 0):
-            message = after.get("last_reload", "reloaded")
-            print(message)
-            return 1 if message.startswith("reload failed") else 0
-    print(f"refmount reload: {mountpoint} did not finish reloading within {timeout:.0f} s", file=sys.stderr)
-    return 1
+    """Ask the daemon of ``mountpoint`` to reload over the channel and print the outcome it answers."""
+    answer = _request(mountpoint, RELOAD_REQUEST, timeout)
+    print(answer.get("message", "reloaded"))
+    return 0 if answer.get("ok") else 1
 
 
-__all__ = ["ControlServer", "control_address", "read_stats", "run_reload", "run_stats"]
+__all__ = ["RELOAD_REQUEST", "STATS_REQUEST", "control_address", "peer_credentials", "read_stats", "run_reload",
+           "run_stats"]

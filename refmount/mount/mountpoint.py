@@ -11,7 +11,14 @@ live here once:
   like "not mounted" to it; :func:`is_mounted` counts it.
 * ``stat`` may be answered from attributes the kernel cached, even for a
   dead daemon; ``statvfs`` always asks the daemon. A mount *answers* only
-  when both succeed.
+  when it is listed in ``/proc/self/mountinfo``, statvfs succeeds and a
+  readdir of its root (a real round trip to the daemon) succeeds.
+* "The mount answers" must mean *the new* mount: a mountpoint that already
+  had a live mount (another daemon, or the same tree mounted twice) answers
+  before the new daemon has even failed. Callers that start a daemon note
+  :func:`live_mount_id` first and pass it as ``replacing``; a mount with that
+  id does not count. A stale mount never answers a readdir, so its id need
+  not be excluded (the kernel may hand the same id to the mount replacing it).
 * Unmounting tries one order of tools everywhere: ``fusermount3`` (libfuse
   3), ``fusermount`` (libfuse 2), then ``umount`` (root, and mounts made by
   mount(8)); lazily (``-z``/``-l``) when asked, which also detaches a busy
@@ -23,11 +30,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from refmount.errors import ConfigError, RefmountError
@@ -67,6 +76,54 @@ class DaemonExited(MountNotAnswering):
         self.returncode = returncode
 
 
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of ``/proc/self/mountinfo``: the kernel's own record of a mount."""
+
+    mount_id: int
+    mount_point: str
+    fstype: str
+    super_options: dict[str, str]
+
+    @property
+    def owner_uid(self) -> int | None:
+        """The uid that made a FUSE mount (the kernel's ``user_id=``), None for other filesystems."""
+        value = self.super_options.get("user_id")
+        return int(value) if value is not None and value.isdigit() else None
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as three-digit octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def mount_entry(path: MountPath) -> MountEntry | None:
+    """The topmost mount whose mount point is ``path`` (resolved), or None when ``path`` is no mountpoint."""
+    target = os.path.realpath(path)
+    found: MountEntry | None = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) < 5 or len(tail) < 3 or _unescape(fields[4]) != target:
+            continue
+        options = dict(item.partition("=")[::2] for item in tail[2].split(","))
+        found = MountEntry(int(fields[0]), target, tail[0], options)  # later lines are mounted on top
+    return found
+
+
+def live_mount_id(path: MountPath) -> int | None:
+    """The id of a mount at ``path`` that answers now (None for none, or a stale one): see ``replacing``."""
+    entry = mount_entry(path)
+    if entry is None or is_stale(path):
+        return None
+    return entry.mount_id
+
+
 def is_stale(path: MountPath) -> bool:
     """Whether ``path`` is a mount whose daemon died (statfs asks the daemon; stat may be cached)."""
     try:
@@ -81,16 +138,21 @@ def is_mounted(path: MountPath) -> bool:
     return os.path.ismount(path) or is_stale(path)
 
 
-def answers(path: MountPath, probe: str | None = None) -> bool:
-    """Whether ``path`` is a mount that really answers: mounted, and statvfs and stat succeed.
+def answers(path: MountPath, probe: str | None = None, *, replacing: int | None = None) -> bool:
+    """Whether ``path`` is a mount that really answers: listed, statvfs and a readdir of its root succeed.
 
     ``probe``, a path relative to the mount, must be found too: some FUSE
     daemons answer for their root before the tree below it is served.
+    ``replacing``: the id of a live mount that was there before the daemon
+    started (:func:`live_mount_id`); that mount does not count as an answer.
     """
+    entry = mount_entry(path)
+    if entry is None or (replacing is not None and entry.mount_id == replacing):
+        return False
     try:
-        if not os.path.ismount(path):
-            return False
         os.statvfs(path)
+        with os.scandir(path) as listing:  # readdir: never answered from cached attributes
+            next(listing, None)
         os.stat(os.path.join(path, probe) if probe else path)
     except OSError:
         return False
@@ -103,6 +165,7 @@ def wait_until_answers(
     *,
     process: subprocess.Popen[Any] | Callable[[], bool] | None = None,
     probe: str | None = None,
+    replacing: int | None = None,
     interval: float = 0.05,
 ) -> None:
     """Return once ``path`` answers; raise :class:`MountTimedOut` or :class:`DaemonExited` otherwise.
@@ -110,10 +173,10 @@ def wait_until_answers(
     ``process`` is the daemon (a ``Popen``, whose exit status the error then
     carries) or a predicate that is true once the daemon died, so a daemon
     that failed is reported at once rather than after the whole timeout.
-    ``probe``: see :func:`answers`.
+    ``probe`` and ``replacing``: see :func:`answers`.
     """
     deadline = time.monotonic() + timeout
-    while not answers(path, probe):
+    while not answers(path, probe, replacing=replacing):
         if isinstance(process, subprocess.Popen):
             if process.poll() is not None:
                 raise DaemonExited(f"the daemon exited with status {process.returncode} before {path} answered",
@@ -150,7 +213,9 @@ def unmount(path: MountPath, *, lazy: bool = False) -> None:
 def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
     """Refuse a mountpoint that is missing, in use, stale or (unless asked) not empty.
 
-    With ``force`` a stale mount is detached lazily first (``--force``).
+    With ``force`` a stale mount is detached lazily first (``--force``), but
+    only when it is a refmount mount (``fuse.refmount``): the kernel says its
+    daemon is gone (ENOTCONN), and nothing else's mount is ever removed.
     """
     try:
         st = os.stat(path)
@@ -159,6 +224,10 @@ def check_mountpoint(path: str, *, nonempty: bool, force: bool) -> None:
             os.statvfs(path)
     except OSError as exc:
         if exc.errno in STALE_MOUNT_ERRNOS:
+            entry = mount_entry(path)
+            if force and entry is not None and entry.fstype != "fuse.refmount":
+                raise ConfigError(f"{path} is a stale {entry.fstype} mount, not a refmount one: "
+                                  "--force leaves it alone; unmount it with the tool that made it") from None
             if force:
                 log.warning("%s is a stale mount of a daemon that died; unmounting it", path)
                 unmount(path, lazy=True)

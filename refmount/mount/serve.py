@@ -30,7 +30,7 @@ from refmount.config.options import MountConfig
 from refmount.errors import RefmountError
 from refmount.fs.fuse_adapter import FuseAdapter, run_fuse
 from refmount.mount.assemble import ServedTree, open_tree
-from refmount.mount.control import ControlServer
+from refmount.mount.controlserver import ControlServer
 from refmount.mount.logs import setup_logging
 from refmount.mount.mountpoint import check_mountpoint
 from refmount.mount.prometheus import MetricsServer
@@ -109,7 +109,8 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
             log.error("cannot serve metrics on %s:%d: %s", config.metrics_address, config.metrics_port, exc.strerror)
             tree.close()
             return 2
-    control = ControlServer(config.mountpoint, report, allow_other=config.allow_other).start()
+    control = ControlServer(config.mountpoint, report, reload=lambda: _reload(tree),
+                            allow_other=config.allow_other).start()
     watcher = SignalWatcher(config.mountpoint, reload=lambda: _reload(tree))
     try:
         run_fuse(adapter, config.mountpoint, fuse_options(config, reloadable=tree.router.collection))
@@ -127,11 +128,12 @@ def serve(config: MountConfig, *, force: bool = False) -> int:
     return 0
 
 
-def _reload(tree: ServedTree) -> None:
-    """Reload the set(s), telling systemd while it runs; the router records the outcome for ``refmount reload``."""
+def _reload(tree: ServedTree) -> tuple[bool, str]:
+    """Reload the set(s), telling systemd while it runs; whether it worked and what happened, for ``refmount reload``."""
     notify_systemd("RELOADING=1\nSTATUS=reloading")
     try:
-        tree.router.reload()
+        result = tree.router.reload()
+        return result.ok, result.describe()
     finally:
         notify_systemd("READY=1\nSTATUS=serving")
 

@@ -42,7 +42,7 @@ class SignalWatcher:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-    def __init__(self, mountpoint: str, *, reload: Callable[[], None]) -> None:
+    def __init__(self, mountpoint: str, *, reload: Callable[[], object]) -> None:
         self.mountpoint = mountpoint
         self._reload = reload
         self._stopping = False
