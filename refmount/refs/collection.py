@@ -57,7 +57,7 @@ class SetSource:
     name: str
     url: str
     kind: str
-    fingerprint: tuple = ()
+    fingerprint: tuple[object, ...] = ()
 
 
 def set_name(basename: str) -> tuple[str, str] | None:
@@ -71,7 +71,7 @@ def set_name(basename: str) -> tuple[str, str] | None:
     return None
 
 
-def _fingerprint(info: Mapping[str, Any]) -> tuple:
+def _fingerprint(info: Mapping[str, Any]) -> tuple[object, ...]:
     version = info.get("ETag") or info.get("etag") or info.get("VersionId") or info.get("mtime") or info.get("LastModified")
     return (info.get("size"), str(version))
 
