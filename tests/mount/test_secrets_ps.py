@@ -184,6 +184,16 @@ def watch_background_mount(command: list[str], env: dict[str, str], mountpoint: 
     moment the daemon exists on, neither the waiting launcher nor the daemon may show any secret.
     """
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        seen = _watch_launcher(launcher, mountpoint, secrets)
+    finally:
+        out, err = launcher.communicate(timeout=90)  # also after a failed check: the caller unmounts what it mounted
+    assert seen, "the daemon was never seen while the launcher waited"
+    return subprocess.CompletedProcess(command, launcher.returncode, out.decode(), err.decode())
+
+
+def _watch_launcher(launcher: subprocess.Popen, mountpoint: Path, secrets: list[str]) -> bool:
+    """Check every snapshot taken while ``launcher`` runs; whether a daemon was seen while it still waited."""
     daemon_seen_while_waiting = False
     deadline = time.monotonic() + 90
     while launcher.poll() is None and time.monotonic() < deadline:
@@ -199,9 +209,7 @@ def watch_background_mount(command: list[str], env: dict[str, str], mountpoint: 
                     assert secret.encode() not in environ, f"process {pid} (launcher {launcher.pid}) shows a " \
                         "secret in its environment block while the mount starts"
         time.sleep(0.005)
-    out, err = launcher.communicate(timeout=30)
-    assert daemon_seen_while_waiting, "the daemon was never seen while the launcher waited"
-    return subprocess.CompletedProcess(command, launcher.returncode, out.decode(), err.decode())
+    return daemon_seen_while_waiting
 
 
 def test_background_launcher_and_daemon_show_no_secret_in_cmdline_or_environ(local_s3, s3_set, tmp_path):
