@@ -16,10 +16,14 @@ from refmount.cli.inspect import run_inspect
 from refmount.cli.scan import add_arguments as add_scan_arguments
 from refmount.cli.scan import run as run_scan
 from refmount.cli.secretargs import (
-    child_environment,
+    clean_argv,
+    handover_environment,
+    is_secret_source,
     reexec_without_secrets,
     split_argv,
     take_from_environment,
+    take_handover,
+    write_handover,
 )
 from refmount.config.file import load_config
 from refmount.config.options import (
@@ -170,13 +174,28 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
 
 
 def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Mount in the foreground (the daemon) or start a detached daemon, credentials never in ps (see secretargs)."""
+    received = take_handover()  # from a launcher or an earlier image of this process; removed from os.environ
+    _, argv_secrets = split_argv(argv)
+    source = args.source if is_secret_source(args.source) else None
+    secrets = received.merged(argv_secrets, source)
+    reexec_without_secrets(secrets)  # returns at once when this process shows no secret
+    if received.source:
+        args.source = received.source  # the command line holds only its redacted form
+    if received.options:
+        args.mount_options.append(received.options)
     if args.foreground:
-        reexec_without_secrets(argv)  # a daemon never shows credentials in ps; returns when there are none
         return serve.serve(mount_config(args), force=args.force)
-    forwarded, secrets = split_argv([arg for arg in argv if arg not in ("-f", "--foreground")])
-    env = child_environment(secrets)  # before mount_config takes the inherited ones out of os.environ
+    forwarded, _ = clean_argv([arg for arg in argv if arg not in ("-f", "--foreground")], args.source)
     config = mount_config(args)
-    return background.start_background(forwarded, config.mountpoint, config.log_file, env=env)
+    if not secrets:
+        return background.start_background(forwarded, config.mountpoint, config.log_file)
+    fd = write_handover(secrets)
+    try:
+        return background.start_background(forwarded, config.mountpoint, config.log_file,
+                                           env=handover_environment(fd))
+    finally:
+        os.close(fd)
 
 
 def _run_umount(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ def start_background(argv: list[str], mountpoint: str, log_file: str | None, tim
         start_offset = sink.tell()
         child = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True, close_fds=True,
-            env=env,
+            env=env, pass_fds=[int(env["REFMOUNT_SECRET_FD"])] if env and "REFMOUNT_SECRET_FD" in env else (),
         )
     try:
         wait_until_answers(mountpoint, timeout, process=child, replacing=replacing)

@@ -58,10 +58,18 @@ def _fingerprint(info: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def discover(source: str, storage_options: Mapping[str, Any]) -> dict[str, SetSource]:
-    """The reference sets in ``source`` (a directory or URL prefix), by name."""
+    """The reference sets in ``source`` (a directory or URL prefix), by name, as the store lists them now.
+
+    fsspec hands out one cached filesystem instance per protocol and options,
+    and s3fs, HTTP and others keep a directory-listing cache in it. A reload
+    exists to see what changed since the last listing, so that cache (the
+    listing of ``source`` and of any Parquet set directory under it) is
+    dropped first; on a filesystem without one this does nothing.
+    """
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(source, **dict(storage_options))
+    fs.invalidate_cache()  # the whole instance: subdirectory listings back the Parquet markers' info
     local = protocol_of(source) in ("file", "local")
 
     def url_of(name: str) -> str:

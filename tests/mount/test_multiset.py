@@ -123,3 +123,32 @@ def test_reload_of_a_single_set_that_became_invalid_keeps_the_old_one(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         figures = read_stats(str(mount.path))
         assert figures["reloads"] == 1 and figures["reload_failures"] == 1
+
+
+def test_reload_of_an_s3_prefix_lists_it_afresh(local_s3, s3_bucket, tmp_path):
+    """s3fs caches directory listings per instance: a reload must not answer from that cache."""
+    data = os.urandom(50_000)
+    local_s3.put(f"s3://{s3_bucket}/data.bin", data)
+
+    def put_set(name: str, offset: int) -> bytes:
+        refs = {"version": 1, "refs": {"chunk": [f"s3://{s3_bucket}/data.bin", offset, 1000]}}
+        local_s3.put(f"s3://{s3_bucket}/sets/{name}.json", json.dumps(refs).encode())
+        return data[offset:offset + 1000]
+
+    first = put_set("first", 0)
+    options = ["-o", f"endpoint_url={local_s3.endpoint_url}"]
+    with mounted(f"s3://{s3_bucket}/sets/", tmp_path / "mnt", options, env=local_s3.env()) as mount:
+        assert os.listdir(mount.path) == ["first"]
+        assert (mount.path / "first" / "chunk").read_bytes() == first
+        second = put_set("second", 7000)
+        result = _reload(mount.path)
+        assert result.returncode == 0, result.stdout + result.stderr + mount.log()
+        assert "added second" in result.stdout, result.stdout
+        wait_for(lambda: sorted(os.listdir(mount.path)) == ["first", "second"], what="the new set")
+        assert (mount.path / "second" / "chunk").read_bytes() == second
+        local_s3.filesystem().rm(f"s3://{s3_bucket}/sets/first.json")
+        result = _reload(mount.path)
+        assert result.returncode == 0, result.stdout + result.stderr + mount.log()
+        assert "removed first" in result.stdout, result.stdout
+        wait_for(lambda: os.listdir(mount.path) == ["second"], what="the removed set to disappear")
+        assert (mount.path / "second" / "chunk").read_bytes() == second
