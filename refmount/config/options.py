@@ -133,6 +133,8 @@ OPTIONS: tuple[Option, ...] = (
            ".zarray, for netCDF-C, GDAL and other readers without the codecs)", "raw|decoded"),
     # FUSE
     Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
+    Option("allow_private_files", parse_bool, False, "with allow_other, also serve local files that are not "
+           "world-readable (by default they read as EACCES: the daemon reads what only root may)", is_flag=True),
     Option("default_permissions", parse_bool, True, "let the kernel check permissions from the modes", is_flag=True),
     Option("nonempty", parse_bool, False, "allow mounting over a non-empty directory", is_flag=True),
     Option("attr_timeout", _float, 3600.0, "seconds the kernel may cache attributes (data is immutable)", "SECONDS"),
@@ -237,6 +239,7 @@ class MountConfig:
     umask: int = 0o222
     view: str = "raw"
     allow_other: bool = False
+    allow_private_files: bool = False
     default_permissions: bool = True
     nonempty: bool = False
     attr_timeout: float = 3600.0
@@ -290,4 +293,5 @@ _SHARED_WITH_BACKEND = tuple(sorted({f.name for f in fields(BackendOptions)} & {
 def backend_options(config: MountConfig) -> BackendOptions:
     """The backend's options for ``config``: every shared field, and the URL policy of its source and ``allow``."""
     shared = {name: getattr(config, name) for name in _SHARED_WITH_BACKEND}
-    return BackendOptions(**shared, policy=UrlPolicy.for_source(config.source, config.allow))
+    return BackendOptions(**shared, policy=UrlPolicy.for_source(
+        config.source, config.allow, shared=config.allow_other, private_files=config.allow_private_files))

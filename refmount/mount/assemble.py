@@ -41,9 +41,10 @@ from refmount.refs.collection import (
     is_collection,
 )
 from refmount.refs.open import open_reference_set
+from refmount.store.addresses import refusal
 from refmount.store.fsspec_store import FsspecBackend
 from refmount.store.options import filesystem_options
-from refmount.store.redirects import origin_of
+from refmount.store.policy import origin_of
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import DecodedChunkCache
 from refmount.views.present import cache_budgets, present
@@ -88,13 +89,22 @@ def open_tree(config: MountConfig) -> ServedTree:
         mtime = info.mtime
         allowed: list[str] = []
         refused: list[str] = []
+        reasons: dict[str, str] = {}
         for url in namespace.urls:  # one policy check per URL, for the warning and for connect()
-            (allowed if options.policy.permits(url) else refused).append(url)
+            reason = refusal(options.policy, url)
+            (allowed if reason is None else refused).append(url)
+            if reason is not None:
+                reasons[url] = reason
         refused.sort()
         if refused:
             log.warning("%s: %d referenced URL(s) are not allowed and will read as EACCES, e.g. %s: %s",
                         source.name or redact_url(source.url), len(refused), redact_url(refused[0]),
-                        options.policy.reason(refused[0]))
+                        reasons[refused[0]])
+        buckets = foreign_buckets(source.url, allowed)
+        if buckets:
+            log.info("%s: reads S3 bucket(s) other than its own with this mount's credentials: %s "
+                     "(restrict with -o allow=s3://BUCKET/)", source.name or redact_url(source.url),
+                     ", ".join(buckets[:20]) + (f" and {len(buckets) - 20} more" if len(buckets) > 20 else ""))
         backend.connect(allowed)
         reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
         shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url)
@@ -119,6 +129,15 @@ def open_tree(config: MountConfig) -> ServedTree:
         log.info("serving %d reference sets from %s (loaded on first use) after %.2f s",
                  int(metrics.snapshot()["sets"]), redact_url(config.source), time.monotonic() - started)
     return ServedTree(router, backend, cache, metrics)
+
+
+def foreign_buckets(source_url: str, urls: list[str]) -> list[str]:
+    """The S3 buckets ``urls`` reach other than the one holding the set, sorted."""
+    def bucket(url: str) -> str:
+        return url.split("://", 1)[1].split("/", 1)[0]
+
+    own = bucket(source_url) if protocol_of(source_url) == "s3" else None
+    return sorted({bucket(url) for url in urls if protocol_of(url) == "s3" and "://" in url} - {own})
 
 
 def _single_source(source: str, storage: Mapping[str, Any]) -> SetSource:

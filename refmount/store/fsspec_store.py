@@ -37,6 +37,8 @@ from fsspec.implementations.http import HTTPFileSystem
 from refmount.byterange import ByteRange
 from refmount.errors import BackendError, ForbiddenURL, StaleObject
 from refmount.metrics import Metrics
+from refmount.store.addresses import check_host
+from refmount.store.localfile import read_range
 from refmount.store.options import BackendOptions, filesystem_options, single_attempt
 from refmount.store.retry import ChangedObject, WrongLength, describe, http_status, retry_delay, unwrap
 from refmount.store.staleness import SourceFacts, SourceGuard, recorded_facts
@@ -76,6 +78,7 @@ class FsspecBackend:
         policy = self.options.policy
         if not policy.permits(url):
             raise ForbiddenURL(f"{redact_url(url)}: {policy.reason(url)}")
+        check_host(policy, url)
         protocol = protocol_of(url)
         if protocol in LOCAL_PROTOCOLS and policy.allow:
             # A prefix vouches for a place, not for where a symbolic link below it leads.
@@ -267,11 +270,13 @@ class FsspecBackend:
             attempt += 1
             try:
                 self.metrics.add("gets")
-                data = fs.cat_file(path, start=rng.start, end=rng.stop)
-                if local:  # no conditional reads on a disk: check the file did not change under us
-                    now = SourceFacts.from_mapping(fs.info(path))
+                if local:  # opened once, checked, read; no conditional reads on a disk: check it did not change
+                    data, opened = read_range(path, rng.start, rng.stop, self.options.policy)
+                    now = SourceFacts.from_mapping(opened)
                     if (now.size, now.mtime) != (facts.size, facts.mtime):
                         raise ChangedObject(facts.describe())
+                else:
+                    data = fs.cat_file(path, start=rng.start, end=rng.stop)
                 return self._checked(url, rng, data, facts)
             except Exception as exc:  # noqa: BLE001 - classified below
                 delay = self._next_delay(url, rng, exc, attempt, deadline)

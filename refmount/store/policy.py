@@ -21,18 +21,36 @@ judged from their text:
 Prefixes match on a path boundary: ``s3://archive`` admits
 ``s3://archive/x`` but not ``s3://archive-private/x``. Local prefixes are
 compared in one spelling (``file:///data/x`` and ``/data/x`` are the same
-file); the backend also checks where symbolic links lead.
+file); the backend opens local files below an allowed prefix one path
+component at a time without following symbolic links
+(:mod:`refmount.store.localfile`). A relative local path (``data/x.bin``)
+is refused: it would name a file under the daemon's working directory, not
+next to the reference set.
+
+Two more defaults guard a shared machine. A *remote* set may not reach hosts
+with internal addresses (loopback, link-local, private) other than its own
+origin unless a prefix names them (:mod:`refmount.store.addresses`). A mount
+with ``allow_other`` refuses local files their owner did not make
+world-readable, unless ``allow_private_files`` is set: the daemon reads as
+root, and would otherwise show every user what only root may read.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from refmount.urls import LOCAL_PROTOCOLS, local_path, protocol_of
 
 #: Reachable by default from any reference set (local files: only from a local set).
 DEFAULT_REMOTE_PROTOCOLS = frozenset({"s3", "gs", "gcs", "az", "abfs", "abfss", "adl", "http", "https"})
+
+#: Protocols whose URLs name a network host (``scheme://host:port/...``).
+HOST_PROTOCOLS = frozenset({"http", "https", "ftp", "sftp", "ssh", "smb", "webdav", "hdfs", "webhdfs"})
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "sftp": 22, "ssh": 22, "smb": 445}
 
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
 _ENCODED_DOT_OR_SLASH = re.compile(r"%(?:2e|2f|5c)", re.IGNORECASE)
@@ -62,17 +80,74 @@ def _path_of(url: str) -> str:
     return url.split("://", 1)[1] if "://" in url else url
 
 
+def origin_of(url: str) -> str | None:
+    """``scheme://host:port`` of a host URL (default ports made explicit, host in lower case), or None."""
+    protocol = protocol_of(url)
+    if protocol not in HOST_PROTOCOLS or "://" not in url:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host:
+        return None
+    port = port if port is not None else _DEFAULT_PORTS.get(protocol)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{protocol}://{shown}" + ("" if port is None else f":{port}")
+
+
+
 @dataclass(frozen=True)
 class UrlPolicy:
     """Allow-list of protocols and prefixes applied to every URL before it is read."""
 
     allow: tuple[str, ...] = ()
     local_allowed: bool = False
+    #: Refuse hosts with internal addresses outside ``origin`` and the prefixes (a remote set).
+    guard_addresses: bool = False
+    #: ``scheme://host:port`` the reference set was loaded from, if it is a host URL.
+    origin: str | None = None
+    #: Local files their owner did not make world-readable may be served (False with allow_other).
+    private_files: bool = True
 
     @classmethod
-    def for_source(cls, source_url: str, allow: tuple[str, ...]) -> UrlPolicy:
-        """The default policy: usual remote protocols always, local files only for a local set."""
-        return cls(allow=allow, local_allowed=protocol_of(source_url) in LOCAL_PROTOCOLS)
+    def for_source(
+        cls, source_url: str, allow: tuple[str, ...], *, shared: bool = False, private_files: bool = False
+    ) -> UrlPolicy:
+        """The default policy for a set loaded from ``source_url``.
+
+        Usual remote protocols always, local files only for a local set, internal hosts only
+        for a local set (or the remote set's own origin); ``shared`` (allow_other) refuses
+        private local files unless ``private_files``.
+        """
+        local = protocol_of(source_url) in LOCAL_PROTOCOLS
+        return cls(allow=allow, local_allowed=local, guard_addresses=not local, origin=origin_of(source_url),
+                   private_files=private_files or not shared)
+
+    def names(self, url: str) -> bool:
+        """An ``allow`` URL prefix names ``url`` explicitly (a protocol name does not)."""
+        if _DOT_SEGMENT.search(_path_of(url).split("?", 1)[0]) or _ENCODED_DOT_OR_SLASH.search(url):
+            return False
+        return any(_under(_canonical(url), _canonical(entry)) for entry in self.allow if "://" in entry)
+
+    def local_root(self, url: str) -> str | None:
+        """The allowed directory below which local ``url`` must be opened without following links.
+
+        None when no prefix confines it (a local set's default, or ``allow=file``).
+        """
+        if not self.allow or "file" in (entry.lower() for entry in self.allow if not _is_prefix(entry)):
+            return None
+        target = local_path(url)
+        for entry in self.allow:
+            if _is_prefix(entry) and protocol_of(entry) in LOCAL_PROTOCOLS:
+                base = local_path(entry)
+                if target == base:
+                    return posixpath.dirname(base)
+                if target.startswith(base.rstrip("/") + "/"):
+                    return base
+        return None
 
     def permits(self, url: str) -> bool:
         return self.reason(url) is None
@@ -83,6 +158,8 @@ class UrlPolicy:
             return "chained URLs (PROTOCOL::URL) are never reachable from a reference set"
         protocol = protocol_of(url)
         local = protocol in LOCAL_PROTOCOLS
+        if local and not local_path(url).startswith("/"):
+            return "relative local path: write it as an absolute path or file:// URL"
         if not self.allow:
             if local:
                 return None if self.local_allowed else (

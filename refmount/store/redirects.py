@@ -16,17 +16,22 @@ bound, exact-length check and ``If-Match`` apply unchanged to the final hop.
 
 The reference set itself is the operator's own choice of URL, so when it is
 loaded a hop may also stay on the reference set's origin (scheme, host and
-port), as well as go where the policy allows.
+port), as well as go where the policy allows. Every hop also passes the
+internal-address check of :mod:`refmount.store.addresses` (a public server
+answering ``302 Location: http://169.254.169.254/...`` is refused); its DNS
+lookup runs off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import Any
 
 from refmount.errors import ForbiddenURL
-from refmount.store.policy import UrlPolicy
+from refmount.store.addresses import address_refusal
+from refmount.store.policy import UrlPolicy, origin_of
 from refmount.urls import redact_url
 
 log = logging.getLogger("refmount.policy")
@@ -38,32 +43,17 @@ _logged: set[tuple[str, str]] = set()
 _logged_lock = threading.Lock()
 
 
-def origin_of(url: str) -> str | None:
-    """``scheme://host:port`` of an HTTP(S) URL (default ports made explicit), or None."""
-    from yarl import URL
-
-    try:
-        parsed = URL(url)
-    except (TypeError, ValueError):
-        return None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        return None
-    return f"{parsed.scheme}://{parsed.host.lower()}:{parsed.port}"
-
-
 def refusal(policy: UrlPolicy, target: str, origin: str | None = None) -> str | None:
     """Why a redirect to ``target`` must not be followed, or None when it may be."""
-    reason = policy.reason(target)
-    if reason is None or (origin is not None and origin_of(target) == origin):
+    if origin is not None and origin_of(target) == origin:
         return None
-    return reason
+    return policy.reason(target) or address_refusal(policy, target)
 
 
 def redirect_guard(policy: UrlPolicy, origin: str | None = None) -> Any:
     """An ``aiohttp.TraceConfig`` refusing redirects that ``policy`` (or ``origin``) does not admit."""
     import aiohttp
     from yarl import URL
-
 
     async def on_redirect(session: Any, context: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
         response = params.response
@@ -72,7 +62,7 @@ def redirect_guard(policy: UrlPolicy, origin: str | None = None) -> Any:
             return  # aiohttp hands this answer back as it is
         source = str(response.url)
         target = str(response.url.join(URL(location)))
-        reason = refusal(policy, target, origin)
+        reason = await asyncio.get_running_loop().run_in_executor(None, refusal, policy, target, origin)
         if reason is None:
             return
         response.close()

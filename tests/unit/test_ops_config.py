@@ -83,7 +83,7 @@ def test_the_backend_receives_every_store_option_of_a_config_and_shares_its_defa
     assert backend_options(config) == BackendOptions(
         endpoint_url="http://127.0.0.1:8333", region="eu-north-1", profile="archive", anon=True, timeout=7.5,
         retries=2, max_concurrency=3, storage_options={"s3": {"requester_pays": True}},
-        policy=UrlPolicy(allow=("s3",), local_allowed=False),
+        policy=UrlPolicy(allow=("s3",), local_allowed=False, guard_addresses=True),
     )
     untouched = MountConfig("/refs/a.json", "/mnt/a")
     assert backend_options(untouched) == BackendOptions(policy=UrlPolicy(local_allowed=True))
