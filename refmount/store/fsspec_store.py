@@ -12,7 +12,17 @@ Every object is checked once, at first access, against the facts recorded
 in the reference set (:mod:`refmount.store.staleness`), and every later GET on
 HTTP and S3 carries the ETag seen then in ``If-Match``: an object rewritten
 since the references were made answers ESTALE instead of other bytes.
-Local files are re-stated before each read for the same reason.
+Because a server may ignore ``If-Match`` or send no ETag, the GETs on HTTP
+and S3 are issued here rather than through ``cat_file`` (which hides the
+response's headers), and every answer's status, ``Content-Range``, ETag,
+Last-Modified and total size are checked (:mod:`refmount.store.responses`).
+Local files are stat'ed after each read and compared to the size, inode,
+mtime and ctime seen first.
+
+A range whose read failed for good is remembered for a few seconds
+(:class:`~refmount.store.retry.RecentFailures`); a read of it then gets one
+short attempt, so the read the kernel re-issues after a failed readahead does
+not wait out ``timeout`` again.
 
 Which failures are retried, and after what pause, is decided by
 :mod:`refmount.store.retry`; what each filesystem is told (endpoints, time
@@ -40,11 +50,25 @@ from refmount.metrics import Metrics
 from refmount.store.addresses import check_host
 from refmount.store.localfile import read_range
 from refmount.store.options import BackendOptions, filesystem_options, single_attempt
-from refmount.store.retry import ChangedObject, WrongLength, describe, http_status, retry_delay, unwrap
-from refmount.store.staleness import SourceFacts, SourceGuard, recorded_facts
+from refmount.store.responses import Answer, answered_facts, requested_bytes
+from refmount.store.retry import (
+    ChangedObject,
+    GaveUp,
+    RecentFailures,
+    WrongLength,
+    describe,
+    http_status,
+    probe_budget,
+    retry_delay,
+    unwrap,
+)
+from refmount.store.staleness import SourceFacts, SourceGuard, differences, local_changes, local_facts, recorded_facts
 from refmount.urls import LOCAL_PROTOCOLS, local_path, protocol_of, redact_url
 
 log = logging.getLogger("refmount.backend")
+
+#: Longest a failed range is answered from memory (see :class:`~refmount.store.retry.RecentFailures`).
+FAILURE_MEMORY_MAX = 10.0
 
 
 class FsspecBackend:
@@ -66,6 +90,7 @@ class FsspecBackend:
             max_workers=min(options.max_concurrency, 16), thread_name_prefix="refmount-io"
         )
         self.guard = SourceGuard(recorded_facts(recorded or {}), self._info, shown=redact_url)
+        self.recent_failures = RecentFailures(min(options.timeout, FAILURE_MEMORY_MAX))
 
     def remember_sources(self, recorded: Mapping[str, Mapping[str, Any]]) -> None:
         """Add the source facts of another loaded reference set to the staleness checks."""
@@ -127,27 +152,63 @@ class FsspecBackend:
         if not ranges:
             return []
         fs, path = self.filesystem(url)
-        facts = self.guard.check(url)
-        deadline = time.monotonic() + self.options.timeout
+        facts = self._first_contact(url)
+        earlier = self.recent_failures.find(url, ranges)
+        budget = self.options.timeout if earlier is None else probe_budget(self.options.timeout)
+        try:
+            bodies = self._read_ranges(fs, url, path, ranges, facts, budget)
+        except StaleObject:
+            raise
+        except BackendError as exc:
+            self.recent_failures.remember(url, ranges, exc)
+            if earlier is not None:
+                raise GaveUp(f"{exc}; it failed the same way {earlier}") from None
+            raise
+        self.recent_failures.forget(url, ranges)
+        return bodies
+
+    def _first_contact(self, url: str) -> SourceFacts:
+        """The guard's facts of ``url``; a lookup that just failed gets one short attempt."""
+        earlier = self.recent_failures.find(url, None)
+        try:
+            if earlier is None:
+                facts = self.guard.check(url)
+            else:
+                facts = self.guard.check(url, lambda u: self._info(u, probe_budget(self.options.timeout)))
+        except StaleObject:
+            raise
+        except BackendError as exc:
+            self.recent_failures.remember(url, None, exc)
+            if earlier is not None:
+                raise GaveUp(f"{exc}; it failed the same way {earlier}") from None
+            raise
+        self.recent_failures.forget(url, None)
+        return facts
+
+    def _read_ranges(
+        self, fs: fsspec.AbstractFileSystem, url: str, path: str, ranges: Sequence[ByteRange], facts: SourceFacts,
+        budget: float,
+    ) -> list[bytes]:
+        deadline = time.monotonic() + budget
         if self._is_async(fs):
             future = asyncio.run_coroutine_threadsafe(
                 self._read_async(fs, url, path, ranges, deadline, facts), fs.loop
             )
             try:
-                return future.result(timeout=self.options.timeout + 1)
+                return future.result(timeout=budget + 1)
             except concurrent.futures.TimeoutError:
                 future.cancel()
-                raise BackendError(f"{redact_url(url)}: no answer within {self.options.timeout:g} s") from None
+                raise GaveUp(f"{redact_url(url)}: no answer within {budget:g} s") from None
         futures = [self._threads.submit(self._read_sync, fs, url, path, r, deadline, facts) for r in ranges]
         try:
             return [f.result(timeout=max(0.0, deadline - time.monotonic()) + 1) for f in futures]
         except concurrent.futures.TimeoutError:
-            raise BackendError(f"{redact_url(url)}: no answer within {self.options.timeout:g} s") from None
+            raise GaveUp(f"{redact_url(url)}: no answer within {budget:g} s") from None
 
     def size(self, url: str) -> int:
         """The object's size as seen at first access (one lookup per URL, bounded and retried)."""
         self.filesystem(url)
-        size = self.guard.check(url).size
+        size = self._first_contact(url).size
         if size is None:
             raise BackendError(f"{redact_url(url)}: the store does not report the object's size")
         return size
@@ -158,7 +219,7 @@ class FsspecBackend:
         Called on every read: after the first, the answer comes from the facts
         seen then (the lookup that found them already enforced the URL policy).
         """
-        return self.guard.check(url).size
+        return self._first_contact(url).size
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -169,10 +230,10 @@ class FsspecBackend:
     def _is_async(fs: fsspec.AbstractFileSystem) -> bool:
         return isinstance(fs, AsyncFileSystem) and fs.asynchronous is False and getattr(fs, "loop", None) is not None
 
-    def _info(self, url: str) -> Mapping[str, Any]:
-        """One object's metadata (size, ETag, mtime), retried like a GET and bounded by ``timeout``."""
+    def _info(self, url: str, budget: float | None = None) -> Mapping[str, Any]:
+        """One object's metadata (size, ETag, mtime), retried like a GET and bounded by ``budget`` (``timeout``)."""
         fs, path = self.filesystem(url)
-        deadline = time.monotonic() + self.options.timeout
+        deadline = time.monotonic() + (self.options.timeout if budget is None else budget)
         whole = ByteRange(0, 0)
         attempt = 0
         while True:
@@ -186,6 +247,8 @@ class FsspecBackend:
                 if self._is_async(fs):
                     coroutine = asyncio.wait_for(fs._info(path), remaining)
                     info = asyncio.run_coroutine_threadsafe(coroutine, fs.loop).result(timeout=remaining + 1)
+                elif protocol_of(url) in LOCAL_PROTOCOLS:
+                    info = self._threads.submit(local_facts, path).result(timeout=remaining)
                 else:
                     info = self._threads.submit(fs.info, path).result(timeout=remaining)
                 if info.get("type") == "directory":
@@ -220,46 +283,75 @@ class FsspecBackend:
                 if remaining <= 0:
                     raise TimeoutError()
                 self.metrics.add("gets")
-                data = await asyncio.wait_for(self._get_async(fs, path, rng, facts.strong_etag), remaining)
-                return self._checked(url, rng, data, facts)
+                answer = await asyncio.wait_for(self._get_async(fs, path, rng, facts.strong_etag), remaining)
+                return self._checked(url, rng, self._answered_bytes(url, rng, answer, facts), facts)
             except Exception as exc:  # noqa: BLE001 - classified below
                 delay = self._next_delay(url, rng, exc, attempt, deadline)
             await asyncio.sleep(delay)
 
-    async def _get_async(self, fs: AsyncFileSystem, path: str, rng: ByteRange, etag: str | None) -> bytes:
-        """One ranged GET, conditional on the ETag seen at first access where the store supports it."""
-        if etag is None:
-            return await self._cat_async(fs, path, rng)
+    async def _get_async(self, fs: AsyncFileSystem, path: str, rng: ByteRange, etag: str | None) -> Answer | bytes:
+        """One ranged GET, conditional on the ETag seen at first access where the store supports it.
+
+        HTTP and S3 give the whole answer (status and identifying headers) to be
+        checked; other asynchronous filesystems only the body.
+        """
+        if rng.length == 0:
+            return b""
         if isinstance(fs, HTTPFileSystem):
-            try:
-                return await self._cat_async(fs, path, rng, headers={"If-Match": etag})
-            except Exception as exc:
-                if http_status(exc) == 412:
-                    raise ChangedObject(etag) from None
-                raise
+            return await self._http_get(fs, path, rng, etag)
         if hasattr(fs, "_call_s3") and hasattr(fs, "split_path"):
-            bucket, key, version = fs.split_path(path)
-            extra = {"VersionId": version} if version else {}
-            try:
-                response = await fs._call_s3(
-                    "get_object", Bucket=bucket, Key=key, Range=f"bytes={rng.start}-{rng.stop - 1}",
-                    IfMatch=etag, **extra,
-                )
-            except Exception as exc:
-                if http_status(exc) == 412 or "PreconditionFailed" in str(exc):
-                    raise ChangedObject(etag) from None
-                raise
-            try:
-                body: bytes = await response["Body"].read()
-            finally:
-                response["Body"].close()
-            return body
-        return await self._cat_async(fs, path, rng)
+            return await self._s3_get(fs, path, rng, etag)
+        data: bytes = await fs._cat_file(path, start=rng.start, end=rng.stop)
+        return data
 
     @staticmethod
-    async def _cat_async(fs: AsyncFileSystem, path: str, rng: ByteRange, **kwargs: Any) -> bytes:
-        data: bytes = await fs._cat_file(path, start=rng.start, end=rng.stop, **kwargs)
-        return data
+    async def _http_get(fs: HTTPFileSystem, url: str, rng: ByteRange, etag: str | None) -> Answer:
+        """A ranged GET through the filesystem's own session (its redirect checks and time limits included)."""
+        kwargs = dict(fs.kwargs)
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers["Range"] = f"bytes={rng.start}-{rng.stop - 1}"
+        headers["Accept-Encoding"] = "identity"  # a range is of the stored bytes, not of a re-encoding
+        if etag is not None:
+            headers["If-Match"] = etag
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(url), headers=headers, **kwargs) as response:
+            if response.status == 412 and etag is not None:
+                raise ChangedObject(f"the store refused If-Match {etag}")
+            body = await response.read()
+            fs._raise_not_found_for_status(response, url)
+            return Answer(response.status, body, response.headers.get("Content-Range"),
+                          response.headers.get("ETag"), response.headers.get("Last-Modified"))
+
+    @staticmethod
+    async def _s3_get(fs: AsyncFileSystem, path: str, rng: ByteRange, etag: str | None) -> Answer:
+        """``GetObject`` with Range (and If-Match), keeping the answer's status and headers."""
+        bucket, key, version = fs.split_path(path)
+        extra: dict[str, Any] = {"VersionId": version} if version else {}
+        if etag is not None:
+            extra["IfMatch"] = etag
+        extra.update(getattr(fs, "req_kw", None) or {})
+        try:
+            response = await fs._call_s3("get_object", Bucket=bucket, Key=key,
+                                         Range=f"bytes={rng.start}-{rng.stop - 1}", **extra)
+        except Exception as exc:
+            if etag is not None and (http_status(exc) == 412 or "PreconditionFailed" in str(exc)):
+                raise ChangedObject(f"the store refused If-Match {etag}") from None
+            raise
+        try:
+            body: bytes = await response["Body"].read()
+        finally:
+            response["Body"].close()
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return Answer(status, body, response.get("ContentRange"), response.get("ETag"), response.get("LastModified"))
+
+    def _answered_bytes(self, url: str, rng: ByteRange, answer: Answer | bytes, facts: SourceFacts) -> bytes:
+        """The body of an answer that is ``rng`` of the version first seen; ChangedObject or an error otherwise."""
+        if isinstance(answer, bytes):
+            return answer
+        changed = differences(facts, answered_facts(answer))
+        if changed:
+            raise ChangedObject("; ".join(changed))
+        return requested_bytes(f"{redact_url(url)} [{rng.start}, {rng.stop})", rng, answer, facts.size)
 
     def _read_sync(
         self, fs: fsspec.AbstractFileSystem, url: str, path: str, rng: ByteRange, deadline: float, facts: SourceFacts
@@ -270,11 +362,10 @@ class FsspecBackend:
             attempt += 1
             try:
                 self.metrics.add("gets")
-                if local:  # opened once, checked, read; no conditional reads on a disk: check it did not change
-                    data, opened = read_range(path, rng.start, rng.stop, self.options.policy)
-                    now = SourceFacts.from_mapping(opened)
-                    if (now.size, now.mtime) != (facts.size, facts.mtime):
-                        raise ChangedObject(facts.describe())
+                if local:  # opened once below the allowed prefix and read from that descriptor
+                    data, _ = read_range(path, rng.start, rng.stop, self.options.policy)
+                    if changed := local_changes(path, facts):  # no conditional reads on a disk
+                        raise ChangedObject("; ".join(changed))
                 else:
                     data = fs.cat_file(path, start=rng.start, end=rng.stop)
                 return self._checked(url, rng, data, facts)
@@ -306,7 +397,7 @@ class FsspecBackend:
         where = f"{redact_url(url)} [{rng.start}, {rng.stop})" if rng.length else redact_url(url)
         cause = unwrap(exc)
         if isinstance(cause, ChangedObject):
-            self.guard.mark_stale(url, f"it no longer matches {cause}")
+            self.guard.mark_stale(url, str(cause))
             raise StaleObject(f"{redact_url(url)} changed since the references were made") from None
         delay = retry_delay(exc, attempt, where=where, retries=self.options.retries, deadline=deadline,
                             timeout=self.options.timeout)

@@ -10,14 +10,26 @@ retried, unless the object is known to end before the range does.
 Attempts wait a jittered, exponentially growing delay (0.1 s doubling, at
 most 2 s), and stop at ``retries`` attempts or when the next one could not
 start before the deadline, whichever comes first.
+
+:class:`RecentFailures` is the one piece of state here: the ranges whose
+reads have just failed after all their attempts, remembered for a few
+seconds. The kernel re-issues a failed readahead as a smaller read of its
+own; a read of a remembered range gets one short attempt
+(:func:`probe_budget`) instead of the whole time bound, so one read(2) is
+answered within about ``timeout`` rather than twice it, while a store that
+has healed meanwhile is still read at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from refmount.byterange import ByteRange
 from refmount.errors import BackendError, ForbiddenURL, NotFound, StaleObject
 
 #: HTTP statuses of client errors that a retry can cure.
@@ -30,6 +42,10 @@ class WrongLength(BackendError):
     def __init__(self, message: str, *, oversized: bool = False) -> None:
         super().__init__(message)
         self.oversized = oversized
+
+
+class GaveUp(BackendError):
+    """A failure worth retrying outlasted the attempts or the time bound: the one error worth remembering."""
 
 
 class ChangedObject(Exception):
@@ -104,7 +120,8 @@ def retry_delay(exc: BaseException, attempt: int, *, where: str, retries: int, d
     if not is_transient(exc) or attempt >= retries or time.monotonic() + delay >= deadline:
         timed_out = isinstance(exc, (asyncio.TimeoutError, TimeoutError))
         reason = f"no answer within {timeout:g} s" if timed_out else describe(exc)
-        raise BackendError(f"{where}: {reason} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+        error = GaveUp if is_transient(exc) else BackendError
+        raise error(f"{where}: {reason} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
     return delay
 
 
@@ -112,3 +129,79 @@ def describe(exc: BaseException) -> str:
     """``Type: first line of the message``, short enough for one log line."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    span: ByteRange | None  # None: the object's lookup failed, so every range of it would
+    until: float
+    message: str
+    at: float
+
+
+class RecentFailures:
+    """Ranges of URLs whose reads just failed for good, remembered for ``seconds``.
+
+    Only :class:`GaveUp` is worth remembering: other failures are answered
+    at once anyway. :meth:`find` tells whether a read overlaps a remembered
+    failure; a successful read clears what it overlaps, and entries expire
+    on their own. ``seconds`` of 0 remembers nothing.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._failed: dict[str, list[_Failure]] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, url: str, spans: Sequence[ByteRange] | None, error: BaseException) -> None:
+        """Record that reading ``spans`` of ``url`` (None: looking it up) failed with ``error``."""
+        if self.seconds <= 0 or not isinstance(error, GaveUp):
+            return
+        now = self._clock()
+        failed: list[ByteRange | None] = list(spans) if spans else [None]
+        entries = [_Failure(span, now + self.seconds, str(error), now) for span in failed]
+        with self._lock:
+            kept = [f for f in self._failed.get(url, []) if f.until > now]
+            self._failed[url] = kept + entries
+
+    def find(self, url: str, spans: Sequence[ByteRange] | None) -> str | None:
+        """The message of a remembered failure that ``spans`` of ``url`` (None: its lookup) overlap."""
+        if not self._failed:
+            return None
+        now = self._clock()
+        with self._lock:
+            entries = self._failed.get(url)
+            if not entries:
+                return None
+            entries[:] = [f for f in entries if f.until > now]
+            if not entries:
+                del self._failed[url]
+                return None
+            hit = next((f for f in entries if _overlaps(f.span, spans)), None)
+        return None if hit is None else f"{hit.message}, {now - hit.at:.1f} s ago"
+
+    def forget(self, url: str, spans: Sequence[ByteRange] | None) -> None:
+        """A read of ``spans`` (None: a lookup) succeeded: drop the failures it overlaps."""
+        if not self._failed:
+            return
+        with self._lock:
+            entries = self._failed.get(url)
+            if entries:
+                entries[:] = [f for f in entries if not _overlaps(f.span, spans)]
+                if not entries:
+                    del self._failed[url]
+
+
+def probe_budget(timeout: float) -> float:
+    """Seconds one read of a range that just failed may take: enough for a healthy store, far less than ``timeout``."""
+    return min(1.0, timeout / 4)
+
+
+def _overlaps(failed: ByteRange | None, spans: Sequence[ByteRange] | None) -> bool:
+    """A failed lookup matches everything; a failed range matches the ranges it shares bytes with."""
+    if failed is None:
+        return True
+    if spans is None:
+        return False
+    return any(s.start < failed.stop and failed.start < s.stop for s in spans)

@@ -23,15 +23,26 @@ Rules, chosen to avoid both false alarms and misses:
   reference set is input from outside, and a broken fact must not make a
   good object unreadable.
 
-This module is pure except for the ``info`` callable it is given.
+After first contact the facts are held against every answer
+(:mod:`refmount.store.responses`): a server that ignores ``If-Match``, sends
+no ETag at all, or reports a new total size is caught there. A local file
+has no ETag and its mtime can be set back (``os.utime``), so its facts also
+carry its identity: device, inode, size, and mtime and ctime in nanoseconds.
+The ctime cannot be set back, so a rewrite shows even when size and mtime
+were restored.
+
+This module does no I/O except through the ``info`` callable it is given and
+:func:`local_facts` (one ``stat``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from refmount.errors import StaleObject
@@ -50,6 +61,8 @@ class SourceFacts:
     size: int | None = None
     etag: str | None = None
     mtime: float | None = None
+    #: A local file's (device, inode, size, mtime_ns, ctime_ns); never taken from a reference set.
+    identity: tuple[int, ...] | None = None
 
     @classmethod
     def from_mapping(cls, raw: Any) -> SourceFacts:
@@ -70,7 +83,10 @@ class SourceFacts:
                 mtime = to_posix_seconds(raw[key])
                 if mtime is not None:
                     break
-        return cls(size, etag, mtime)
+        identity = raw.get("identity")
+        if not (isinstance(identity, tuple) and len(identity) == 5 and all(type(i) is int for i in identity)):
+            identity = None
+        return cls(size, etag, mtime, identity)
 
     @property
     def strong_etag(self) -> str | None:
@@ -106,7 +122,27 @@ def differences(recorded: SourceFacts, seen: SourceFacts) -> list[str]:
     elif recorded.mtime is not None and seen.mtime is not None:
         if abs(recorded.mtime - seen.mtime) > MTIME_TOLERANCE:
             found.append(f"modified at {seen.mtime:.0f}, references made from the version of {recorded.mtime:.0f}")
+    if recorded.identity is not None and seen.identity is not None and recorded.identity != seen.identity:
+        found.append("the file was rewritten or replaced (inode, mtime or ctime differ)")
     return found
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What tells one version of a local file from another, to the nanosecond."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def local_facts(path: str) -> dict[str, Any]:
+    """An fsspec-style info dict of a local file, with its :func:`file_identity`."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        return {"type": "directory", "size": 0}
+    return {"type": "file", "size": st.st_size, "mtime": st.st_mtime, "identity": file_identity(st)}
+
+
+def local_changes(path: str, first: SourceFacts) -> list[str]:
+    """How the local file at ``path`` now differs from the facts seen at first contact (stat'ed now)."""
+    return differences(first, SourceFacts.from_mapping(local_facts(path)))
 
 
 def recorded_facts(sources: Any) -> dict[str, SourceFacts]:
@@ -116,7 +152,7 @@ def recorded_facts(sources: Any) -> dict[str, SourceFacts]:
     out = {}
     for url, raw in sources.items():
         if isinstance(url, str):
-            facts = SourceFacts.from_mapping(raw)
+            facts = replace(SourceFacts.from_mapping(raw), identity=None)  # only ever seen, never recorded
             if facts != SourceFacts():
                 out[url] = facts
     return out
@@ -149,8 +185,11 @@ class SourceGuard:
     def recorded(self, url: str) -> SourceFacts:
         return self._recorded.get(url, SourceFacts())
 
-    def check(self, url: str) -> SourceFacts:
-        """The facts of ``url`` as first seen; StaleObject if they contradict the references."""
+    def check(self, url: str, info: Callable[[str], Mapping[str, Any]] | None = None) -> SourceFacts:
+        """The facts of ``url`` as first seen; StaleObject if they contradict the references.
+
+        ``info``, if given, looks the object up instead of the guard's own callable (e.g. with a shorter bound).
+        """
         facts = self._seen.get(url)
         if facts is not None:
             return facts
@@ -165,7 +204,7 @@ class SourceGuard:
                 return facts
             if url in self._stale:
                 raise StaleObject(self._stale[url])
-            seen = SourceFacts.from_mapping(self._info(url))
+            seen = SourceFacts.from_mapping((info or self._info)(url))
             changed = differences(self.recorded(url), seen)
             if changed:
                 self.mark_stale(url, "; ".join(changed))

@@ -32,8 +32,8 @@ MOUNT_OPTIONS = [
     "--timeout", str(TIMEOUT), "--retries", "4", "--block-size", "32K", "--readahead", "0",
     "--cache-size", "1M", "--max-request", "1M",
 ]
-TRANSIENT = ("503", "500", "reset", "stall", "short", "wrong_length")
-PERSISTENT = ("503", "reset", "stall", "short", "wrong_length", "oversized")
+TRANSIENT = ("503", "500", "reset", "stall", "short", "wrong_length", "wrong_range", "partial_200")
+PERSISTENT = ("503", "reset", "stall", "short", "wrong_length", "oversized", "wrong_range", "partial_200")
 assert set(TRANSIENT) | set(PERSISTENT) <= set(COMMON_FAULTS)
 
 _READ_TO_THE_END = (

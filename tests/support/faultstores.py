@@ -19,8 +19,11 @@ from tests.support.s3proxy import S3Proxy
 
 #: Faults every store can inject, in the contract's words.
 #: ``short``: body cut short; ``wrong_length``: Content-Length larger than the body;
-#: ``oversized``: more bytes than the range asked for; ``stall``: nothing sent for a while.
-COMMON_FAULTS = ("503", "500", "reset", "stall", "short", "wrong_length", "oversized")
+#: ``oversized``: more bytes than the range asked for; ``stall``: nothing sent for a while;
+#: ``wrong_range``: 206 whose Content-Range names another offset, with that offset's bytes;
+#: ``partial_200``: 200 (a whole-object answer) whose body is only the range asked for.
+COMMON_FAULTS = ("503", "500", "reset", "stall", "short", "wrong_length", "oversized", "wrong_range",
+                 "partial_200")
 
 #: Seconds a transient stall lasts: longer than one attempt may stay silent, shorter than the bound.
 TRANSIENT_STALL = 4.0
@@ -96,6 +99,8 @@ class HTTPFaultStore:
             "wrong_length": {"content_length_delta": 1000},
             "oversized": {"extra_bytes": 100},
             "ignore_range": {"ignore_range": True},
+            "wrong_range": {"wrong_range": True},
+            "partial_200": {"partial_200": True},
             "slow": {"slow": 0.05},
         }[fault]
 
@@ -147,6 +152,8 @@ class S3FaultStore:
         "wrong_length": ("bad_length", {"delta": 1000}),
         "oversized": ("oversized", {}),
         "slow": ("slow", {}),
+        "wrong_range": ("wrong_range", {}),
+        "partial_200": ("partial_200", {}),
     }
 
     def __init__(self, store: LocalS3) -> None:

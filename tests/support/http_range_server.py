@@ -53,6 +53,11 @@ class Misbehaviour:
     ``extra_bytes``: send this many zero bytes after the body, counted in ``Content-Length``
     (more than the range asked for).
     ``slow``: send the body in 16 KiB pieces with this many seconds between them.
+    ``wrong_range``: answer a ranged GET with 206 whose ``Content-Range`` names another offset
+    (0, or the range's own length when it starts at 0) and the bytes of that offset.
+    ``partial_200``: answer a ranged GET with 200, no ``Content-Range``, and only the range's bytes.
+    ``ignore_if_match``: serve whatever ``If-Match`` says (like servers that do not implement it).
+    ``no_etag``: send no ``ETag`` (nor honour ``If-Match``), only ``Last-Modified``.
     ``count``: the switches (other than ``fail_count``) apply to the next ``count``
     requests only, then the server behaves again; ``None``: until :meth:`RangeHTTPServer.behave`.
     """
@@ -69,6 +74,10 @@ class Misbehaviour:
     stall: float = 0.0
     extra_bytes: int = 0
     slow: float = 0.0
+    wrong_range: bool = False
+    partial_200: bool = False
+    ignore_if_match: bool = False
+    no_etag: bool = False
     count: int | None = None
 
 
@@ -151,7 +160,8 @@ class _Handler(TrackedHandler):
         st = file.stat()
         size = st.st_size
         etag = etag_of_stat(st)
-        if self.headers.get("If-Match") not in (None, "*", etag):
+        checks_if_match = not (bad.ignore_if_match or bad.no_etag)
+        if checks_if_match and self.headers.get("If-Match") not in (None, "*", etag):
             self._send_simple(412, b"precondition failed: the object has another ETag\n", head)
             return
         rng = None if bad.ignore_range else _parse_range(self.headers.get("Range"), size)
@@ -166,10 +176,15 @@ class _Handler(TrackedHandler):
         else:
             assert isinstance(rng, tuple)
             status, start, length = 206, rng[0], rng[1] - rng[0] + 1
+            if bad.partial_200:
+                status = 200
+            elif bad.wrong_range:
+                start = 0 if start else min(length, size - length)
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
+        if not bad.no_etag:
+            self.send_header("ETag", etag)
         self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")

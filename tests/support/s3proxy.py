@@ -30,7 +30,7 @@ from tests.support.loopback import LoopbackServer, TrackedHandler
 
 __all__ = ["S3Proxy", "Fault", "FAULT_KINDS"]
 
-FAULT_KINDS = ("503", "500", "reset", "stall", "cut", "bad_length", "oversized", "slow")
+FAULT_KINDS = ("503", "500", "reset", "stall", "cut", "bad_length", "oversized", "slow", "wrong_range", "partial_200")
 
 # Headers that describe one hop, not the message; never relayed as is.
 _HOP_BY_HOP = {
@@ -70,7 +70,10 @@ class Fault:
     ``extra`` bytes of zeros, the ``Content-Length`` counting them, close: a
     store answering more than the range asked), ``"slow"`` (relay the right
     answer in 16 KiB pieces with ``seconds`` (default 0.05) of pause between
-    them, so a test can act while a body is on the wire).
+    them, so a test can act while a body is on the wire), ``"wrong_range"`` (answer a 206 with a
+    ``Content-Range`` naming another offset, 0 or the range's own length, and the bytes stored there,
+    fetched from the store with the proxy's own credentials), ``"partial_200"`` (answer a 206 as
+    200 without ``Content-Range``: a "whole object" that is only the range).
     """
 
     kind: str
@@ -230,14 +233,19 @@ class _Handler(TrackedHandler):
         """Relay status, headers and body, applying the body-level faults."""
         owner = self.server.owner
         length_header = resp.getheader("Content-Length")
-        self.send_response_only(resp.status, resp.reason)
-        for name, value in resp.getheaders():
-            if name.lower() in _HOP_BY_HOP or name.lower() == "content-length":
-                continue
-            self.send_header(name, value)
+        misplaced = plan.kind in ("wrong_range", "partial_200") and resp.status == 206
+        if not misplaced:  # those rewrite the status line and headers themselves
+            self.send_response_only(resp.status, resp.reason)
+            for name, value in resp.getheaders():
+                if name.lower() in _HOP_BY_HOP or name.lower() == "content-length":
+                    continue
+                self.send_header(name, value)
         has_body = self.command != "HEAD" and resp.status not in (204, 304)
         if plan.kind in ("cut", "bad_length", "oversized") and has_body:
             self._relay_faulty(resp, plan)
+            return
+        if plan.kind in ("wrong_range", "partial_200") and resp.status == 206:
+            self._relay_misplaced(resp, plan.kind)
             return
         if length_header is not None:
             self.send_header("Content-Length", length_header)
@@ -294,6 +302,30 @@ class _Handler(TrackedHandler):
         self.server.owner.stats.add_sent(len(sent))
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_WR)
+
+    def _relay_misplaced(self, resp: http.client.HTTPResponse, kind: str) -> None:
+        """A 206 made into another offset's bytes under a shifted Content-Range, or into a bare 200."""
+        data = resp.read()
+        content_range = resp.getheader("Content-Range", "")
+        first, _, total = content_range.removeprefix("bytes ").replace("/", "-").split("-")
+        if kind == "wrong_range":
+            other = 0 if int(first) else min(len(data), int(total) - len(data))
+            data = self.server.owner.stored_bytes(self.path, other, len(data))
+            content_range = f"bytes {other}-{other + len(data) - 1}/{total}"
+            self.send_response_only(206)
+        else:
+            self.send_response_only(200)
+        for name, value in resp.getheaders():
+            if name.lower() in _HOP_BY_HOP or name.lower() in ("content-length", "content-range"):
+                continue
+            self.send_header(name, value)
+        if kind == "wrong_range":
+            self.send_header("Content-Range", content_range)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+        self.server.owner.stats.add_sent(len(data))
 
     def _send_error_xml(self, kind: str, resource: str) -> None:
         if kind == "503":
@@ -398,6 +430,20 @@ class S3Proxy(LoopbackServer):
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
             env[name] = self.endpoint_url
         return env
+
+    def stored_bytes(self, request_path: str, start: int, length: int) -> bytes:
+        """``length`` bytes at ``start`` of the object a request path names, read from the store directly."""
+        import boto3
+
+        if self.store is None:
+            raise RuntimeError("S3Proxy was created without a store; no credentials to read with")
+        bucket, _, key = urllib.parse.unquote(urllib.parse.urlsplit(request_path).path).lstrip("/").partition("/")
+        options = self.store.storage_options()
+        client = boto3.client("s3", endpoint_url=f"http://{self.upstream_host}:{self.upstream_port}",
+                              aws_access_key_id=options["key"], aws_secret_access_key=options["secret"],
+                              region_name="us-east-1")
+        body: bytes = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+        return body
 
     def filesystem(self) -> Any:
         """A fresh, uncached ``s3fs.S3FileSystem`` talking through the proxy."""
