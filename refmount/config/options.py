@@ -125,6 +125,8 @@ OPTIONS: tuple[Option, ...] = (
            "read from its start (0 disables)", "SIZE"),
     Option("record_cache", _int, 32, "decoded record files of a Parquet reference set kept in memory "
            "(least recently used dropped first; each costs about 9 bytes per reference it holds)", "N"),
+    Option("ref", _str, None, "branch, tag or snapshot id of an Icechunk repository to mount (default: main; "
+           "other reference sets refuse it)", "REF"),
     # Tree presentation
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
@@ -234,6 +236,7 @@ class MountConfig:
     max_request: int = 8 << 20
     readahead: int = 32 << 20
     record_cache: int = 32
+    ref: str | None = None
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222

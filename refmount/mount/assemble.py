@@ -84,7 +84,7 @@ def open_tree(config: MountConfig) -> ServedTree:
 
     def build(source: SetSource) -> RefFilesystem:
         loaded_at = time.monotonic()
-        info, namespace = open_reference_set(source.url, storage, record_cache=config.record_cache)
+        info, namespace = open_reference_set(source.url, storage, record_cache=config.record_cache, ref=config.ref)
         backend.remember_sources(info.sources)
         mtime = info.mtime
         allowed: list[str] = []

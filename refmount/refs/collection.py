@@ -1,9 +1,9 @@
 """The reference sets of a collection: which entries of a directory or URL prefix are sets, and their names.
 
 A collection is a directory or prefix holding many sets — kerchunk JSON
-files (possibly compressed) and Parquet reference directories (a folder with
-``.zmetadata``) — each served as a subdirectory named after it
-(``era5.json`` -> ``era5/``, ``ocean.parq/`` -> ``ocean/``). Each entry
+files (possibly compressed), Parquet reference directories (a folder with
+``.zmetadata``) and Icechunk repositories — each served as a subdirectory
+named after it (``era5.json`` -> ``era5/``, ``ocean.parq/`` -> ``ocean/``). Each entry
 carries a fingerprint (size and ETag, version or mtime), which is how a
 reload tells a changed set from an unchanged one. Listing reads names and
 sizes only: no set is opened here (the router loads them on first use).
@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from refmount.errors import ConfigError
+from refmount.refs.icechunk import is_repository
 from refmount.urls import protocol_of, redact_url
 
 log = logging.getLogger("refmount.sets")
@@ -85,12 +87,16 @@ def discover(source: str, storage_options: Mapping[str, Any]) -> dict[str, SetSo
             try:
                 marker_info = fs.info(marker)
             except (FileNotFoundError, OSError):
-                continue  # a plain subdirectory, not a Parquet reference set
-            name = base
-            for suffix in PARQUET_SUFFIXES:
-                if name.lower().endswith(suffix) and len(name) > len(suffix):
-                    name = name[: -len(suffix)]
-            entry = SetSource(name, url_of(info["name"].rstrip("/")), "parquet", _fingerprint(marker_info))
+                if not is_repository(fs, info["name"]):
+                    continue  # a plain subdirectory, not a reference set
+                entry = SetSource(base, url_of(info["name"].rstrip("/")), "icechunk",
+                                  _repository_fingerprint(fs, info["name"]))
+            else:
+                name = base
+                for suffix in PARQUET_SUFFIXES:
+                    if name.lower().endswith(suffix) and len(name) > len(suffix):
+                        name = name[: -len(suffix)]
+                entry = SetSource(name, url_of(info["name"].rstrip("/")), "parquet", _fingerprint(marker_info))
         else:
             named = set_name(base)
             if named is None:
@@ -104,8 +110,22 @@ def discover(source: str, storage_options: Mapping[str, Any]) -> dict[str, SetSo
     return found
 
 
+def _repository_fingerprint(fs: Any, path: str) -> tuple[Any, ...]:
+    """What the default branch of a repository looked like: a commit moves it, and a reload sees that."""
+    try:
+        return _fingerprint(fs.info(posixpath.join(path.rstrip("/"), "refs", "branch.main", "ref.json")))
+    except (FileNotFoundError, OSError):
+        return ()
+
+
 def is_collection(source: str, storage_options: Mapping[str, Any]) -> bool:
-    """True when ``source`` is a directory/prefix of sets rather than one set."""
+    """True when ``source`` is a directory/prefix of sets rather than one set.
+
+    A directory named without a trailing slash that is no set and holds none
+    is refused (ConfigError): mounting it would show an empty tree, which
+    reads as "the data is gone" rather than "this is not a reference set".
+    ``DIR/`` asks for a collection explicitly, which may start empty.
+    """
     import fsspec
 
     if source.endswith("/"):
@@ -114,6 +134,12 @@ def is_collection(source: str, storage_options: Mapping[str, Any]) -> bool:
     try:
         if not fs.isdir(path):
             return False
-        return not fs.exists(posixpath.join(path, PARQUET_MARKER))
+        if fs.exists(posixpath.join(path, PARQUET_MARKER)) or is_repository(fs, path):
+            return False
     except OSError:
         return False
+    if not discover(source, storage_options):
+        raise ConfigError(f"{redact_url(source)} is a directory holding no reference set: no kerchunk JSON file, "
+                          "Parquet reference set or Icechunk repository (end it with / to serve it as a collection "
+                          "that sets will be added to)")
+    return True

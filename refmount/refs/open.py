@@ -5,6 +5,12 @@
   means its directory. Where nothing answers at the set's own URL (HTTP has
   no directories), ``<url>/.zmetadata`` is looked for before giving up. Only ``.zmetadata`` is read now
   (:class:`~refmount.refs.parquet.tree.ParquetNamespace`).
+* A directory or prefix holding an Icechunk repository (``snapshots/`` and
+  ``refs/``, or the ``repo`` object of format 2) is opened with the
+  ``icechunk`` package at the branch, tag or snapshot ``ref`` names
+  (``main`` by default); only the node list and the zarr.json files are read
+  now, each array's manifests on first use
+  (:class:`~refmount.refs.icechunk.tree.IcechunkNamespace`).
 * Anything else is a kerchunk JSON file (optionally compressed), parsed in
   full and kept in the compact column form of
   :class:`~refmount.refs.compact.CompactNamespace`.
@@ -26,14 +32,15 @@ from typing import Any, Literal
 from refmount.errors import ConfigError
 from refmount.refs import source
 from refmount.refs.compact import CompactNamespace
+from refmount.refs.icechunk import is_repository
 from refmount.refs.keys import ZMETADATA
 from refmount.refs.parquet.layout import DEFAULT_RECORD_CACHE
 from refmount.refs.tree import ReferenceTree
-from refmount.urls import absolute_path, is_plain_path, redact_url
+from refmount.urls import absolute_path, is_plain_path, protocol_of, redact_url
 
 __all__ = ["ReferenceSetInfo", "detect_format", "open_reference_set"]
 
-Format = Literal["json", "parquet"]
+Format = Literal["json", "parquet", "icechunk"]
 
 
 @dataclass(frozen=True)
@@ -48,9 +55,10 @@ class ReferenceSetInfo:
 
 
 def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Format, Any, str, dict[str, Any]]:
-    """``(format, filesystem, path, info)``: Parquet for a directory with ``.zmetadata``, else JSON.
+    """``(format, filesystem, path, info)``: Parquet for a directory with ``.zmetadata``, Icechunk for a
+    repository, else JSON.
 
-    ``info`` is the backend's description of the JSON file or of ``.zmetadata``.
+    ``info`` is the backend's description of the JSON file or of ``.zmetadata`` (empty for a repository).
     """
     options = dict(storage_options or {})
     shown = redact_url(url)
@@ -76,8 +84,11 @@ def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> tu
         try:
             meta_info = fs.info(f"{path}/{ZMETADATA}")
         except FileNotFoundError:
+            if is_repository(fs, path):
+                return "icechunk", fs, path, {}
             raise ConfigError(
-                f"reference set {shown} is a directory without {ZMETADATA}: not a Parquet reference set"
+                f"reference set {shown} is a directory without {ZMETADATA}: "
+                "neither a Parquet reference set nor an Icechunk repository"
             ) from None
         except Exception:  # noqa: BLE001 - let the read report the store failure with context
             meta_info = _info(fs, f"{path}/{ZMETADATA}", shown, options)
@@ -95,17 +106,26 @@ def open_reference_set(
     storage_options: dict[str, Any] | None = None,
     *,
     record_cache: int = DEFAULT_RECORD_CACHE,
+    ref: str | None = None,
 ) -> tuple[ReferenceSetInfo, ReferenceTree]:
     """Load the set at ``url`` (path or fsspec URL) into a tree, choosing the format itself.
 
-    The Parquet reader is imported only here, when a Parquet set is opened: it
-    imports Arrow, which would cost every JSON mount some 30 MB resident.
+    ``ref`` is the branch, tag or snapshot id of an Icechunk repository
+    (``main`` when None); a set of another format refuses one, so an
+    operator who asked for a version is never shown something else.
+    The Parquet and Icechunk readers are imported only here, when such a set
+    is opened: they import Arrow, or icechunk and zarr, which would cost
+    every JSON mount tens of MB resident.
     """
     options = dict(storage_options or {})
     kind, fs, path, info = detect_format(url, options)
     url = absolute_path(url)
     shown = redact_url(url)
     mtime = source.mtime_from_info(info)
+    if kind == "icechunk":
+        return _open_icechunk(url, fs, path, options, ref)
+    if ref is not None:
+        raise ConfigError(f"option ref: {shown} is a {kind} reference set, not an Icechunk repository")
     if kind == "parquet":
         from refmount.refs.parquet.tree import ParquetNamespace
 
@@ -115,6 +135,19 @@ def open_reference_set(
         return ReferenceSetInfo(url, "parquet", mtime), parquet
     sources, namespace = _load_json(url, options)
     return ReferenceSetInfo(url, "json", mtime, sources), namespace
+
+
+def _open_icechunk(
+    url: str, fs: Any, path: str, options: dict[str, Any], ref: str | None
+) -> tuple[ReferenceSetInfo, ReferenceTree]:
+    from refmount.refs.icechunk.repository import open_snapshot
+    from refmount.refs.icechunk.tree import IcechunkNamespace
+
+    shown = redact_url(url)
+    location = path if is_plain_path(url) or protocol_of(url) in ("file", "local") else fs.unstrip_protocol(path)
+    snapshot = open_snapshot(location, options, ref, shown)
+    tree = IcechunkNamespace(snapshot, fs, path, f"{location.rstrip('/')}/chunks", shown=shown)
+    return ReferenceSetInfo(url, "icechunk", snapshot.flushed_at), tree
 
 
 def _load_json(url: str, options: dict[str, Any]) -> tuple[Mapping[str, Mapping[str, Any]], CompactNamespace]:
