@@ -206,3 +206,22 @@ def test_concat_dim_without_coordinate_is_refused(series: list[Path], tmp_path: 
     code, err = scan([str(series[0]), "--concat-dim", "level", "-o", str(tmp_path / "o.json")], capsys)
     assert code == 2
     assert f"{series[0]}: no coordinate variable 'level'" in err and "no array has a dimension 'level'" in err
+
+
+def test_s3_glob_concatenated_in_parallel(series: list[Path], tmp_path: Path, local_s3, s3_bucket) -> None:
+    """Files in a bucket: globbed, scanned by two workers reading ranges, values equal to the local files."""
+    for path in series:
+        local_s3.upload(path, f"s3://{s3_bucket}/era/{path.name}")
+    out = tmp_path / "era.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "refmount", "scan", f"s3://{s3_bucket}/era/*.nc", "--concat-dim", "time", "--jobs", "2",
+         "-q", "-o", str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **local_s3.env()},
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert sorted(doc["templates"].values()) == sorted(f"s3://{s3_bucket}/era/{p.name}" for p in series)
+    options = {"fo": doc, "remote_protocol": "s3", "asynchronous": True,
+               "remote_options": {**local_s3.storage_options(), "asynchronous": True}}
+    actual = xr.open_zarr("reference://", storage_options=options, consolidated=False, zarr_format=2).load()
+    xr.testing.assert_identical(actual, open_combined(series))
