@@ -10,7 +10,7 @@ about. The rules:
   (the 1-d array named after the dimension), never by name; the values must
   be strictly monotonic within and across files, so overlapping files are
   refused. Differing CF time units are put on one scale first.
-* The coordinate is written inline, decoded, as one chunk.
+* The coordinate, and its CF bounds variable, are written inline, decoded, as one chunk.
 * An array along the dimension keeps its references: each file's chunk keys
   are shifted along the dimension by the chunks of the files before it. That
   needs one chunk grid: the same chunk shape, codecs and dtype in every file,
@@ -112,14 +112,29 @@ def is_coordinate(path: str, array: _Array, dim: str) -> bool:
     return posixpath.basename(path) == dim and array.dims == [dim]
 
 
+def bounds_of(path: str, table: Mapping[str, _Array]) -> str | None:
+    """The CF bounds variable of coordinate ``path`` (its ``bounds`` attribute), when the set has it.
+
+    Bounds carry no units of their own by convention: they are in their
+    coordinate's, so they must be put on the same time scale with it.
+    """
+    name = table[path].attrs.get("bounds")
+    candidate = posixpath.join(posixpath.dirname(path), name) if isinstance(name, str) and name else None
+    return candidate if candidate in table else None
+
+
 def plan_reads(refs: Mapping[str, Any], dim: str) -> ReadPlan:
-    """The arrays of one file to read while it is scanned: the coordinates and the arrays without ``dim``."""
+    """The arrays of one file to read while it is scanned: coordinates (and their bounds), arrays without ``dim``."""
     coordinates, independent = [], []
-    for path, array in sorted(arrays_of(refs).items()):
+    table = arrays_of(refs)
+    for path, array in sorted(table.items()):
         if dim not in array.dims:
             independent.append(path)
         elif is_coordinate(path, array, dim):
             coordinates.append(path)
+            bounds = bounds_of(path, table)
+            if bounds is not None and dim in table[bounds].dims:
+                coordinates.append(bounds)
     return ReadPlan(coordinates, independent)
 
 
@@ -166,6 +181,7 @@ class _Combiner:
         self._template_of: dict[str, str] = {}  # URL -> template name
         self.units: dict[str, str | None] = {}  # coordinate path -> units of its common scale
         self.kept: list[int] = []  # indices of the files in dataset order
+        self.inlined: set[str] = set()  # coordinates and their bounds, written inline
 
     def fail_if_problems(self) -> None:
         if self.problems:
@@ -178,9 +194,14 @@ class _Combiner:
         coordinate_paths = self.coordinate_paths()
         self.fail_if_problems()
         coordinates = {path: self.common_scale(path) for path in coordinate_paths}
+        for path in coordinate_paths:
+            bounds = bounds_of(path, self.tables[0])
+            if bounds is not None and all(bounds in s.values for s in self.scans):
+                coordinates[bounds] = self.common_scale(bounds, parent=path)
         self.fail_if_problems()
         self.order_files(coordinate_paths[0], coordinates[coordinate_paths[0]])
         self.fail_if_problems()
+        self.inlined = set(coordinates)
         return coordinates
 
     def unaligned(self) -> list[str]:
@@ -190,7 +211,7 @@ class _Combiner:
         for path in sorted(common):
             arrays = [t[path] for t in self.tables]
             dims = arrays[0].dims
-            if self.dim in dims and not is_coordinate(path, arrays[0], self.dim) and \
+            if self.dim in dims and path not in self.inlined and \
                     self.grid_mismatch(arrays, dims.index(self.dim)) is not None:
                 out.append(path)
         return out
@@ -220,16 +241,20 @@ class _Combiner:
                 self.problems.append(f"{scan.source}: values of {', '.join(missing)} were not read")
         return found[0]
 
-    def common_scale(self, path: str) -> list[np.ndarray]:
-        """Every file's values of coordinate ``path`` on one scale (its units noted for the output)."""
+    def common_scale(self, path: str, parent: str | None = None) -> list[np.ndarray]:
+        """Every file's values of coordinate ``path`` on one scale (its units noted for the output).
+
+        Bounds (``parent`` is their coordinate) without units of their own use the coordinate's.
+        """
         values = [s.values[path] for s in self.scans]
-        attrs = [t[path].attrs for t in self.tables]
+        attrs = [{**(t[parent].attrs if parent else {}), **t[path].attrs} for t in self.tables]
         try:
             converted, units = common_time_scale(values, [a.get("units") for a in attrs], [a.get("calendar") for a in attrs])
         except IncompatibleTimeUnits as exc:
             self.problems.append(f"{path}: {exc}")
             return values
-        self.units[path] = units
+        if "units" in self.tables[0][path].attrs:
+            self.units[path] = units
         return converted
 
     def order_files(self, path: str, values: list[np.ndarray]) -> None:
@@ -302,7 +327,8 @@ class _Combiner:
             arrays = [t[path] for t in self.tables]
             if path in coordinates:
                 ordered = [coordinates[path][i] for i in self.kept]
-                self.write_inline(path, arrays[0], np.concatenate(ordered), units=self.units.get(path))
+                axis = arrays[0].dims.index(self.dim)
+                self.write_inline(path, arrays[0], np.concatenate(ordered, axis=axis), units=self.units.get(path))
             elif self.dim in arrays[0].dims:
                 self.concatenated(path, arrays, chunk_keys)
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -110,8 +111,9 @@ def scan_many(
             done.append(scan_for_concat(source, options))
             on_done(done[-1])
         return done
-    # forkserver: safe when this process has threads, and workers start without re-importing much.
-    context = multiprocessing.get_context("forkserver")
+    # fork starts workers at once and without re-running the caller's __main__ (a script on stdin, a
+    # notebook); it is only safe while this process has no other threads, else forkserver is used.
+    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(sources)), mp_context=context)
     try:
         futures: dict[Future[FileOutcome], int] = {pool.submit(scan_for_concat, s, options): i for i, s in enumerate(sources)}

@@ -8,6 +8,7 @@ files are not comparable until they are put on one scale.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,11 +42,12 @@ def dataset(times: pd.DatetimeIndex, seed: int, orography: np.ndarray) -> xr.Dat
 
 def write_series(
     directory: Path, lengths: Sequence[int] = LENGTHS, *,
-    edit: Callable[[int, xr.Dataset], xr.Dataset] | None = None, time_chunk: int = TIME_CHUNK,
+    edit: Callable[[int, xr.Dataset], xr.Dataset] | None = None, time_chunk: int = TIME_CHUNK, unlimited: bool = False,
 ) -> list[Path]:
     """Write one file per length, consecutive days; names run against time order (sorting by name is wrong).
 
-    ``edit(i, ds)`` may change the i-th file's dataset before it is written.
+    ``edit(i, ds)`` may change the i-th file's dataset before it is written; ``unlimited`` makes
+    time netCDF's unlimited dimension (netCDF-C then picks other chunks for 1-d variables).
     """
     directory.mkdir(parents=True, exist_ok=True)
     orography = np.random.default_rng(99).random((4, 5)) * 3000
@@ -61,7 +63,9 @@ def write_series(
             for name in ("t2m", "precip") if name in ds
         }
         path = directory / f"part{len(lengths) - 1 - i:02d}.nc"
-        ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
+        with warnings.catch_warnings():  # bounds without units of their own are the case under test
+            warnings.filterwarnings("ignore", "Variable time has datetime type and a bounds variable", UserWarning)
+            ds.to_netcdf(path, engine="netcdf4", encoding=encoding, unlimited_dims=["time"] if unlimited else None)
         paths.append(path)
     return paths
 
@@ -77,3 +81,11 @@ def open_combined(paths: Sequence[Path]) -> xr.Dataset:
     """
     parts = [xr.open_dataset(p, engine="netcdf4").load() for p in paths]
     return xr.combine_by_coords(parts, combine_attrs="override", data_vars="minimal", coords="minimal", compat="override")
+
+
+def with_time_bounds(i: int, ds: xr.Dataset) -> xr.Dataset:
+    """Add CF time bounds (one day per step): xarray writes them in the time coordinate's per-file units."""
+    start = ds["time"].values
+    ds["time_bnds"] = (("time", "nv"), np.stack([start, start + np.timedelta64(1, "D")], axis=1))
+    ds["time"].attrs["bounds"] = "time_bnds"
+    return ds

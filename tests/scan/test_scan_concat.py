@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from refmount.cli.scan import main as scan_main
-from tests.scan.concat_files import LENGTHS, TIME_CHUNK, open_combined, write_series
+from tests.scan.concat_files import LENGTHS, TIME_CHUNK, open_combined, with_time_bounds, write_series
 from tests.support.mounting import mounted
 
 
@@ -125,6 +125,17 @@ def test_kerchunk_multizarrtozarr_reads_the_same_values(series: list[Path], comb
                              identical_dims=["lat", "lon", "orography"], remote_protocol="file").translate()
     ours = open_refs(json.loads(combined_json.read_text())).load()
     xr.testing.assert_equal(ours, open_refs(theirs).load())
+
+
+def test_unlimited_time_with_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bounds in each file's own units are put on the coordinate's scale; netCDF-C's unlimited chunking fits."""
+    paths = write_series(tmp_path / "in", lengths=(5, 7, 3), edit=with_time_bounds, unlimited=True)
+    code, err = scan([*map(str, paths), "--concat-dim", "time", "--jobs", "2", "-o", str(tmp_path / "o.json")], capsys)
+    assert code == 0, err
+    actual = open_refs(json.loads((tmp_path / "o.json").read_text())).load()
+    expected = open_combined(paths)
+    xr.testing.assert_identical(actual, expected)
+    assert actual["time_bnds"].values[-1, 1] == np.datetime64("2020-01-16")
 
 
 # -- refusals -------------------------------------------------------------------
