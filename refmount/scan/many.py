@@ -2,18 +2,18 @@
 
 Each worker scans one file and, while it is at it, decodes what the
 combiner needs (:func:`refmount.scan.concat.plan_reads`): the coordinate of
-the concatenation dimension, small arrays that may not line up, and digests
-of the arrays without the dimension. Workers are processes, because h5py
-serialises every call behind one lock; their number is bounded by ``jobs``.
-Failures come back as values naming the file, never as exceptions across
-the process boundary.
+the concatenation dimension with its bounds, and digests of the arrays
+without the dimension. Arrays whose chunks turn out not to share one grid
+are read afterwards (:func:`read_unaligned`). Workers are processes, because
+h5py serialises every call behind one lock; their number is bounded by
+``jobs``. Failures come back as values naming the file, never as exceptions
+across the process boundary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -102,7 +102,9 @@ def scan_many(
 ) -> list[FileOutcome]:
     """Scan every source with at most ``jobs`` worker processes; outcomes in the order of ``sources``.
 
-    ``on_done`` is called in this process as each file finishes (for progress).
+    ``on_done`` is called in this process as each file finishes (for progress). With several
+    jobs, workers are started as :mod:`multiprocessing`'s forkserver does, so a calling script
+    needs the usual ``if __name__ == "__main__":`` guard.
     """
     outcomes: list[FileOutcome | None] = [None] * len(sources)
     if jobs <= 1 or len(sources) <= 1:
@@ -111,9 +113,10 @@ def scan_many(
             done.append(scan_for_concat(source, options))
             on_done(done[-1])
         return done
-    # fork starts workers at once and without re-running the caller's __main__ (a script on stdin, a
-    # notebook); it is only safe while this process has no other threads, else forkserver is used.
-    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+    # forkserver: workers fork from a fresh server process that imported this module (h5py, numcodecs)
+    # and s3fs once, so they start fast and inherit neither this process's threads nor its connections.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "s3fs"])
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(sources)), mp_context=context)
     try:
         futures: dict[Future[FileOutcome], int] = {pool.submit(scan_for_concat, s, options): i for i, s in enumerate(sources)}
