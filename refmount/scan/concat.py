@@ -192,6 +192,8 @@ class _Combiner:
     def prepare(self) -> dict[str, list[np.ndarray]]:
         """Find the coordinates, put them on one scale and order the files; their values by path."""
         coordinate_paths = self.coordinate_paths()
+        if not coordinate_paths and not self.problems:
+            self.problems.append(f"no coordinate variable {self.dim!r} is in the same place in every file")
         self.fail_if_problems()
         coordinates = {path: self.common_scale(path) for path in coordinate_paths}
         for path in coordinate_paths:
@@ -239,7 +241,8 @@ class _Combiner:
             missing = [p for p in paths if p not in scan.values]
             if missing:
                 self.problems.append(f"{scan.source}: values of {', '.join(missing)} were not read")
-        return found[0]
+        # A coordinate some files lack is reported as a missing variable when the arrays are combined.
+        return [p for p in found[0] if all(p in paths for paths in found)] if not self.problems else []
 
     def common_scale(self, path: str, parent: str | None = None) -> list[np.ndarray]:
         """Every file's values of coordinate ``path`` on one scale (its units noted for the output).

@@ -117,3 +117,14 @@ def test_time_scales_that_cannot_be_converted() -> None:
                           ["noleap", "noleap"])
     with pytest.raises(IncompatibleTimeUnits, match="not 'UNIT since DATE'"):
         common_time_scale([np.array([0]), np.array([0])], ["days since 2000-01-01", "m"], [None, None])
+
+
+def test_coordinate_in_a_group_of_one_file_only_is_a_missing_variable() -> None:
+    base = {**array_refs("x", np.array([0, 1]), ["x"], (2,))}
+    extra = {"sub/.zgroup": dumps({"zarr_format": 2}), **array_refs("sub/x", np.array([5, 6]), ["x"], (2,))}
+    scans = [file_scan("f0", {**base, **extra}),
+             file_scan("f1", array_refs("x", np.array([2, 3]), ["x"], (2,)))]
+    with pytest.raises(ConcatError, match=r"sub/x: missing in f1 \(present in f0\)"):
+        concat_scans(scans, "x")
+    result = concat_scans(scans, "x", mismatch="drop")
+    assert "sub/x/.zarray" not in result.doc["refs"] and result.notes == ["sub/x: left out: missing in f1"]
