@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import posixpath
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 import fsspec
 
 from refmount.errors import ConfigError, RefmountError
+from refmount.scan.concat import MISMATCH_POLICIES, ConcatError, ConcatResult, FileScan, concat_scans
 from refmount.scan.hdf5 import (
     DEFAULT_DECODED_INLINE_LIMIT,
     DEFAULT_INLINE_THRESHOLD,
@@ -26,6 +28,7 @@ from refmount.scan.hdf5 import (
     StrictScanError,
     scan_hdf5,
 )
+from refmount.scan.many import ConcatScanOptions, FileOutcome, read_unaligned, scan_many
 from refmount.scan.output import (
     BadURLMap,
     apply_url_map,
@@ -33,11 +36,14 @@ from refmount.scan.output import (
     write_json,
     write_parquet_set,
 )
+from refmount.scan.progress import Progress
 from refmount.scan.sources import SourceError, canonical_url, expand_sources
 
 EXIT_OK = 0
 EXIT_STRICT = 1
 EXIT_BAD_INPUT = 2
+#: Default number of files scanned at once with --concat-dim: bounded, as each worker holds a file open.
+DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +92,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-size", type=int, default=10_000, metavar="N",
                         help="references per Parquet record file (with --format parquet)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr (errors still shown)")
+    parser.add_argument(
+        "--concat-dim", metavar="DIM",
+        help="write ONE reference set (-o FILE) of all sources concatenated along dimension DIM, ordered by "
+        "its coordinate values; see 'Many files, one dataset' in the README",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
+        help=f"with --concat-dim: files scanned at once, each in its own process (default {DEFAULT_JOBS})",
+    )
+    parser.add_argument(
+        "--mismatch", choices=MISMATCH_POLICIES, default="refuse",
+        help="with --concat-dim, a variable without DIM that differs between files: refuse (default), "
+        "keep the first file's, or drop it (drop also leaves out variables some files lack)",
+    )
 
 
 def parse_storage_options(items: list[str], endpoint_url: str | None, anon: bool) -> dict[str, Any]:
@@ -151,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--inline-threshold must be >= 0")
         sources = expand_sources(args.sources, options)
         parquet = getattr(args, "format", "json") == "parquet"
+        if getattr(args, "concat_dim", None):
+            return run_concat(args, sources, options, url_map, err)
         if parquet and args.output == "-":
             raise ConfigError("--format parquet writes a directory: give -o DIRECTORY")
         targets = output_targets(sources, args.output, ".parq" if parquet else ".json")
@@ -201,6 +223,66 @@ def _scan_one(
         for problem in report.problems:
             print(f"    {problem}", file=err)
     return EXIT_OK, report
+
+
+def run_concat(
+    args: argparse.Namespace, sources: list[str], options: dict[str, Any], url_map: list[tuple[str, str]], err: TextIO,
+) -> int:
+    """Scan every source (in parallel) and write one set concatenated along ``--concat-dim``."""
+    parquet = args.format == "parquet"
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be >= 1")
+    if parquet and args.output == "-":
+        raise ConfigError("--format parquet writes a directory: give -o DIRECTORY")
+    if args.output != "-" and args.output.endswith("/"):
+        raise ConfigError(f"-o {args.output}: --concat-dim writes one reference set: give a file name, not a directory")
+    scan_options = ConcatScanOptions(
+        args.concat_dim, options, args.inline_threshold, args.decoded_inline_limit, args.strict, url_map,
+    )
+    progress = Progress(len(sources), err, quiet=args.quiet)
+
+    def report(outcome: FileOutcome) -> None:
+        progress.advance(outcome.source, outcome.report.summary() if outcome.report else "failed")
+        if outcome.error:
+            progress.message(f"refmount scan: {outcome.error}")
+
+    outcomes = scan_many(sources, scan_options, args.jobs, report)
+    progress.close()
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        print(f"refmount scan: {len(failed)} of {len(outcomes)} file(s) failed; no reference set written", file=err)
+        return EXIT_STRICT if all(o.strict for o in failed) else EXIT_BAD_INPUT
+    scans: list[FileScan] = [o.scan for o in outcomes if o.scan is not None]
+    try:
+        read_unaligned(scans, scan_options, args.jobs)
+        result = concat_scans(scans, args.concat_dim, args.mismatch)
+        if parquet:
+            write_parquet_set(result.doc, args.output, args.record_size)
+        else:
+            write_json(result.doc, args.output)
+    except ConcatError as exc:
+        print(f"refmount scan: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    except (OSError, RefmountError) as exc:
+        print(f"refmount scan: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    if not args.quiet:
+        for note in result.notes:
+            print(f"refmount scan: note: {note}", file=err)
+        print(concat_summary(result, args.concat_dim, args.output), file=err)
+    return EXIT_OK
+
+
+def concat_summary(result: ConcatResult, dim: str, target: str) -> str:
+    """One line about the combined set: files, length along the dimension, references."""
+    refs = result.doc["refs"]
+    arrays = [k for k in refs if k.endswith(".zarray")]
+    coordinate = f"{dim}/.zarray"
+    length = json.loads(refs[coordinate])["shape"][0] if coordinate in refs else "?"
+    ranged = sum(1 for v in refs.values() if isinstance(v, list))
+    where = "stdout" if target == "-" else target
+    return (f"concatenated {len(result.order)} file(s) along {dim!r} (length {length}): {len(arrays)} arrays, "
+            f"{ranged} chunk references -> {where}")
 
 
 def format_summary(reports: list[ScanReport]) -> str:
