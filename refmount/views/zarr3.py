@@ -157,6 +157,7 @@ class Zarr3Tree:
                 if not isinstance(meta, dict):
                     raise NotTranslatable(".zarray is not a JSON object")
                 document = array_metadata(meta, attributes)
+            text = json.dumps(document, indent=2, allow_nan=False)  # v3 readers take strict JSON only
         except NotTranslatable as exc:
             log.warning("zarr v3 view: %s has no zarr.json (v3 readers do not see it): %s", name, exc)
             return None
@@ -164,7 +165,7 @@ class Zarr3Tree:
             log.warning("zarr v3 view: %s has no zarr.json: its metadata cannot be read: %s", name, exc)
             return None
         log.debug("zarr v3 view: %s: %s", name, document.get("codecs", "group"))
-        return Inline(json.dumps(document, indent=2).encode())
+        return Inline(text.encode())
 
     def _file(self, key: str) -> Reference | None:
         try:

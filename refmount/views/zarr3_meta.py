@@ -31,11 +31,23 @@ v2 chunk files already hold.
   "no fill value".
 * ``attributes`` from ``.zattrs``, ``dimension_names`` from its
   ``_ARRAY_DIMENSIONS`` (which is then left out of the attributes, where
-  v3 readers do not look for it).
+  v3 readers do not look for it). v2 writers put NaN and infinities into
+  ``.zattrs`` as bare ``NaN``/``Infinity``, which is not JSON; v3 metadata
+  is strict JSON (tensorstore refuses the document otherwise), so they
+  become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, the
+  spelling v3 uses for such fill values.
+* xarray keeps a float variable's ``_FillValue`` attribute in v3 as the
+  base64 of the value as a little-endian float64 (a pair of those for
+  complex), and refuses a plain number there; so the ``_FillValue`` of a
+  float or complex array is spelled that way, and xarray masks the same
+  values on the v3 tree as on the v2 one.
 """
 
 from __future__ import annotations
 
+import base64
+import math
+import struct
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +68,7 @@ NUMCODECS_BYTES = frozenset(
 OBJECT_CODECS = {"vlen-utf8": ("string", "vlen-utf8"), "vlen-bytes": ("variable_length_bytes", "vlen-bytes")}
 
 DIMENSIONS_ATTR = "_ARRAY_DIMENSIONS"
+FILL_VALUE_ATTR = "_FillValue"
 
 
 class NotTranslatable(ValueError):
@@ -64,7 +77,7 @@ class NotTranslatable(ValueError):
 
 def group_metadata(zattrs: Mapping[str, Any]) -> dict[str, Any]:
     """The ``zarr.json`` of a group: its attributes."""
-    return {"zarr_format": 3, "node_type": "group", "attributes": dict(zattrs)}
+    return {"zarr_format": 3, "node_type": "group", "attributes": strict_json(dict(zattrs))}
 
 
 def array_metadata(zarray: Mapping[str, Any], zattrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,8 +94,10 @@ def array_metadata(zarray: Mapping[str, Any], zattrs: Mapping[str, Any]) -> dict
     separator = str(zarray.get("dimension_separator") or ".")
     if separator not in (".", "/"):
         raise NotTranslatable(f"dimension_separator {separator!r} is not '.' or '/'")
-    attributes = dict(zattrs)
+    attributes = strict_json(dict(zattrs))
     dimensions = attributes.pop(DIMENSIONS_ATTR, None)
+    if FILL_VALUE_ATTR in attributes and isinstance(dtype_spec, str) and np.dtype(dtype_spec).kind in "fc":
+        attributes[FILL_VALUE_ATTR] = xarray_float_fill(attributes[FILL_VALUE_ATTR])
     doc: dict[str, Any] = {
         "zarr_format": 3,
         "node_type": "array",
@@ -99,6 +114,37 @@ def array_metadata(zarray: Mapping[str, Any], zattrs: Mapping[str, Any]) -> dict
     elif dimensions is not None:
         attributes[DIMENSIONS_ATTR] = dimensions  # not usable as dimension names: kept where it was
     return doc
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity (floats, at any depth) spelled as v3 spells them: ``"NaN"``..."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE[repr(value)]
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def xarray_float_fill(value: Any) -> Any:
+    """A float (or complex, as a pair) ``_FillValue`` as xarray stores it in v3: base64 of a little-endian float64.
+
+    A value that is not a number is left as it is: xarray then says what is
+    wrong with it rather than this view guessing.
+    """
+    if isinstance(value, list) and len(value) == 2:
+        return [xarray_float_fill(part) for part in value]
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        number = float({"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}[value])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        return value
+    return base64.standard_b64encode(struct.pack("<d", number)).decode("ascii")
 
 
 def data_type(spec: Any, zarray: Mapping[str, Any]) -> Any:
@@ -243,7 +289,7 @@ def _blosc(config: Mapping[str, Any], dtype: np.dtype[Any]) -> dict[str, Any]:
 def fill_value(value: Any, dtype_spec: Any, name: Any) -> Any:
     """The v3 ``fill_value``: the v2 one (same JSON spelling for these types), or the type's zero for null."""
     if value is not None:
-        return value
+        return strict_json(value)
     if name == "bool":
         return False
     if isinstance(name, str) and name.startswith("complex"):

@@ -25,6 +25,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 import tensorstore as ts
+import xarray as xr
 import zarr
 
 from tests.support.mounting import Mount, mounted
@@ -126,7 +127,10 @@ def test_a_virtualizarr_set_with_a_scalar_mounts_and_reads_as_v3(tmp_path):
     path = tmp_path / "crs.nc"
     with h5py.File(path, "w") as f:
         f.create_dataset("crs", data=np.int32(4326))
+        f.create_dataset("x", data=np.arange(4.0))
+        f["x"].make_scale("x")  # VirtualiZarr gives it the attribute _FillValue: NaN, bare NaN in .zattrs
         f.create_dataset("t", data=np.arange(12.0).reshape(3, 4), chunks=(1, 4), compression="gzip")
+        f["t"].dims[1].attach_scale(f["x"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vds = open_virtual_dataset(f"file://{path}", parser=HDFParser(),
@@ -143,3 +147,11 @@ def test_a_virtualizarr_set_with_a_scalar_mounts_and_reads_as_v3(tmp_path):
             assert group["crs"][()] == 4326
             np.testing.assert_array_equal(group["t"][...], np.arange(12.0).reshape(3, 4))
         assert _tensorstore(mount.path / "crs")[()] == 4326
+        np.testing.assert_array_equal(_tensorstore(mount.path / "x"), np.arange(4.0))  # strict JSON: no bare NaN
+        fill = json.loads((mount.path / "x" / "zarr.json").read_text())["attributes"]["_FillValue"]
+        assert fill == "AAAAAAAA+H8="  # NaN as xarray keeps a float _FillValue in v3: base64 of <f8
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(mount.path, zarr_format=3, consolidated=False)
+            np.testing.assert_array_equal(ds["t"].values, np.arange(12.0).reshape(3, 4))
+            assert ds["t"].dims[1] == "x" and int(ds["crs"]) == 4326

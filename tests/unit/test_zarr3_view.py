@@ -15,6 +15,7 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 from refmount.errors import NotFound
@@ -192,3 +193,29 @@ def test_root_without_zgroup_is_a_group_and_untranslatable_arrays_get_no_documen
         tree.lookup("s/zarr.json")
     list(tree.listdir("s"))
     assert sum("s has no zarr.json" in r.getMessage() for r in caplog.records) == 1  # said once
+
+
+def test_non_finite_attributes_become_strict_json_as_v3_spells_them():
+    tree = _tree({".zgroup": {"zarr_format": 2}, "a/.zarray": {**ZARRAY, "fill_value": "NaN"},
+                  "a/.zattrs": Inline(b'{"_FillValue": NaN, "range": [-Infinity, Infinity, 1.5], "n": {"m": NaN}}')})
+    text = tree.lookup("a/zarr.json").ref.data.decode()
+    meta = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in zarr.json"))
+    assert meta["attributes"] == {"_FillValue": "AAAAAAAA+H8=", "range": ["-Infinity", "Infinity", 1.5],
+                                  "n": {"m": "NaN"}}
+    assert meta["fill_value"] == "NaN"
+
+
+@pytest.mark.parametrize("fill", [-999.0, "NaN", 3])
+def test_xarray_reads_a_float_fill_value_attribute_from_the_v3_document(tmp_path, fill):
+    values = np.array([1.0, -999.0, 3.0, 4.0], "<f4")
+    root = tmp_path / "set"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _v2_array(root, "v", values, chunks=(2,), compressors=None, fill_value=None)
+        (root / "v" / ".zattrs").write_text(json.dumps({"_ARRAY_DIMENSIONS": ["t"], "_FillValue": fill}))
+        _write_v3_documents(root)
+        v3 = xr.open_zarr(root, zarr_format=3, consolidated=False)["v"].values
+        v2 = xr.open_zarr(root, zarr_format=2, consolidated=False)["v"].values
+    np.testing.assert_array_equal(v3, v2)
+    if fill == -999.0:
+        assert np.isnan(v3[1]) and v3[0] == 1.0
