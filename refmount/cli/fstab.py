@@ -36,6 +36,15 @@ from refmount.config.file import load_config
 
 HELPER_NAMES = ("mount.refmount", "mount.fuse.refmount")
 USAGE = "usage: mount.refmount SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]"
+HELP = f"""{USAGE}
+       mount.refmount --install [DIRECTORY]
+
+The mount(8) helper: fstab lines and `mount -t fuse.refmount SOURCE MOUNTPOINT -o OPTIONS` run it.
+SOURCE is a reference set as `refmount mount` takes it (JSON or Parquet, path or URL, plain or
+compressed, or a directory/prefix of sets); `none` with -o config=FILE takes it from a TOML file.
+OPTIONS are the mount options of `refmount mount --help` as name=value (cache_size=4G,view=decoded),
+PROTOCOL.NAME=VALUE for a protocol's fsspec filesystem (s3.requester_pays=true), and config=FILE.
+--install writes DIRECTORY/mount.refmount (default /sbin) and links mount.fuse.refmount to it."""
 
 
 def translate(argv: Sequence[str]) -> tuple[list[str] | None, bool]:

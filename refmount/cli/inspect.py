@@ -24,6 +24,7 @@ from refmount.refs.open import open_reference_set
 from refmount.refs.tree import ReferenceTree
 from refmount.store.policy import UrlPolicy
 from refmount.urls import protocol_of, redact_url
+from refmount.views.zarr3_meta import NotTranslatable, array_metadata
 from refmount.views.zarr_meta import is_object_dtype, unavailable_codecs
 
 
@@ -37,6 +38,7 @@ class ArraySummary:
     missing_codecs: list[str]
     chunk_keys: int = 0
     decoded_view: str = ""  # what -o view=decoded presents for this array
+    zarr3_view: str = ""  # the codecs of its zarr.json under -o zarr_format=3, or why it gets none
 
 
 @dataclass
@@ -118,6 +120,7 @@ def summarise(
                 name=name, shape=meta.get("shape", []), chunks=meta.get("chunks", []), dtype=meta.get("dtype"),
                 codecs=ids, missing_codecs=missing, chunk_keys=chunk_counts.get(name.strip("/"), 0),
                 decoded_view=_decoded_view_note(meta, ids, missing),
+                zarr3_view=_zarr3_view_note(meta),
             )
         )
     return summary
@@ -130,6 +133,14 @@ def _decoded_view_note(meta: dict[str, Any], ids: list[str], missing: list[str])
     if missing:
         return f"chunks read as EIO (codec {', '.join(missing)} unavailable)"
     return "decoded" if ids else "unchanged"
+
+
+def _zarr3_view_note(meta: dict[str, Any]) -> str:
+    """What ``-o zarr_format=3`` gives an array: the codec names of its zarr.json, or why it has none."""
+    try:
+        return "+".join(codec["name"] for codec in array_metadata(meta, {})["codecs"])
+    except NotTranslatable as exc:
+        return f"no zarr.json ({exc})"
 
 
 def render(summary: Summary) -> str:
@@ -150,6 +161,8 @@ def render(summary: Summary) -> str:
             note = f"  MISSING CODEC: {', '.join(array.missing_codecs)}" if array.missing_codecs else ""
             if array.decoded_view.startswith("keeps codec"):
                 note += f"  decoded view {array.decoded_view}"
+            if array.zarr3_view.startswith("no zarr.json"):
+                note += f"  zarr v3 view: {array.zarr3_view}"
             lines.append(
                 f"  {array.name:<24} {str(array.dtype):<8} shape={array.shape} chunks={array.chunks} "
                 f"codecs={codecs} chunk-keys={array.chunk_keys}{note}"

@@ -11,7 +11,7 @@ from typing import Any
 from refmount import __version__
 from refmount.cli.convert import add_arguments as add_convert_arguments
 from refmount.cli.convert import run as run_convert
-from refmount.cli.fstab import USAGE, install_helpers, translate
+from refmount.cli.fstab import HELP, USAGE, install_helpers, translate
 from refmount.cli.inspect import run_inspect
 from refmount.cli.scan import add_arguments as add_scan_arguments
 from refmount.cli.scan import run as run_scan
@@ -35,6 +35,7 @@ from refmount.config.options import (
 from refmount.devtools.demo import run_demo
 from refmount.errors import ConfigError, RefmountError
 from refmount.mount import background, control, mountpoint, serve
+from refmount.urls import protocol_of
 
 
 def _add_mount_options(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,59 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
         help="comma-separated options as mount(8) takes them, e.g. -o cache_size=4G,endpoint_url=http://rgw:8080; "
         "PROTOCOL.NAME=VALUE passes NAME to that protocol's fsspec filesystem (e.g. s3.requester_pays=true)",
     )
+    parser.add_argument(
+        STORAGE_OPTION, dest="storage_option", action="append", default=[], metavar="[PROTOCOL.]KEY=VALUE",
+        help="fsspec storage option, spelled as refmount scan takes it; without PROTOCOL it is for the protocol "
+        "of REFS; the same as -o PROTOCOL.KEY=VALUE (credentials given either way never show in ps); repeatable",
+    )
+
+
+#: The flag ``refmount scan`` takes for fsspec options; mount and inspect take it too.
+STORAGE_OPTION = "--storage-option"
+
+
+def storage_options_as_mount_options(argv: Sequence[str], source: str | None) -> list[str]:
+    """``argv`` with each ``--storage-option [PROTOCOL.]KEY=VALUE`` turned into ``-o PROTOCOL.KEY=VALUE``.
+
+    One spelling for both commands: scan's flag, read exactly as ``-o`` reads
+    a storage option, so the credential handling of ``-o`` (kept out of ps)
+    covers it. A KEY without PROTOCOL is for the protocol of ``source``.
+    """
+    out: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if item == "--":
+            out.extend(items[index:])
+            break
+        if item == STORAGE_OPTION and index + 1 < len(items):
+            text, index = items[index + 1], index + 2
+        elif item.startswith(STORAGE_OPTION + "="):
+            text, index = item[len(STORAGE_OPTION) + 1 :], index + 1
+        else:
+            out.append(item)
+            index += 1
+            continue
+        out += ["-o", _as_mount_option(text, source)]
+    return out
+
+
+def _as_mount_option(text: str, source: str | None) -> str:
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{STORAGE_OPTION} {text!r}: expected [PROTOCOL.]KEY=VALUE")
+    if "," in value:
+        raise ConfigError(f"{STORAGE_OPTION} {key}: a value with a comma cannot be passed on the command line; "
+                          "put it in a --config file ([storage_options.PROTOCOL] table)")
+    if "." not in key:
+        protocol = protocol_of(source) if source else "file"
+        if protocol == "file":
+            raise ConfigError(f"{STORAGE_OPTION} {key}: REFS is local, so say which protocol the option is for "
+                              f"({STORAGE_OPTION} s3.{key}=...)")
+        key = f"{protocol}.{key}"
+    return f"{key}={value}"
 
 
 def _show_default(name: str, value: Any) -> str:
@@ -67,6 +121,15 @@ def _show_default(name: str, value: Any) -> str:
     if name == "umask":
         return f"{value:03o}"
     return str(value)
+
+
+#: What REFS may be, for the help of every command that takes one.
+REFS_FORMS = (
+    "REFS is a kerchunk JSON file (v0 or v1; plain or compressed: .gz, .bz2, .xz, .zst) or a Parquet reference "
+    "directory (fsspec's layout), as a local path or an fsspec URL (s3://, gs://, https://, ...); or a directory "
+    "or URL prefix holding many such sets, each mounted as a subdirectory."
+)
+REFS_HELP = "reference set: JSON file or Parquet directory, path or URL, plain or compressed; or a directory/prefix of sets"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,14 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     mount = commands.add_parser(
         "mount", help="mount a reference set",
-        description="Mount the reference set REFS (local path or fsspec URL, JSON, optionally .gz/.bz2/.xz/.zst) "
-        "at MOUNTPOINT. Returns once the mount answers, unless --foreground.",
+        description="Mount the reference set REFS at MOUNTPOINT. Returns once the mount answers, unless "
+        "--foreground. " + REFS_FORMS,
     )
-    mount.add_argument(
-        "source", metavar="REFS", nargs="?",
-        help="reference set: path or URL (s3://, https://, ...); a directory or URL prefix holding many "
-        "reference sets mounts each as a subdirectory",
-    )
+    mount.add_argument("source", metavar="REFS", nargs="?", help=REFS_HELP)
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing empty directory")
     mount.add_argument(
         "--config", metavar="FILE",
@@ -97,29 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--force", action="store_true", help="clean a stale mount left by a daemon that died")
     _add_mount_options(mount)
 
-    umount = commands.add_parser("umount", help="unmount a refmount tree (also a stale one)")
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount = commands.add_parser(
+        "umount", help="unmount a refmount tree (also a stale one)",
+        description="Unmount the refmount tree at MOUNTPOINT, also one whose daemon died (a stale mount).",
+    )
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tree is mounted")
     umount.add_argument("-z", "--lazy", action="store_true", help="detach now, clean up when no longer busy")
 
     stats = commands.add_parser(
         "stats", help="print live figures of a running mount",
         description="Reads, bytes, GETs, cache, errors, latency and open handles of the mount at MOUNTPOINT.",
     )
-    stats.add_argument("mountpoint", metavar="MOUNTPOINT")
+    stats.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tree is mounted")
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     reload = commands.add_parser(
         "reload", help="re-read the reference set(s) of a running mount (what SIGHUP does)",
         description="New sets appear, removed sets disappear, changed sets are swapped; open files keep their data.",
     )
-    reload.add_argument("mountpoint", metavar="MOUNTPOINT")
+    reload.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the tree is mounted (by refmount mount)")
     reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reload to finish")
 
     inspect = commands.add_parser(
         "inspect", help="load and check a reference set without mounting it",
-        description="Validate a reference set and summarise it: keys, arrays, codecs, objects and bytes referenced.",
+        description="Validate a reference set and summarise it: keys, arrays, codecs, objects and bytes referenced. "
+        "Takes every mount option, so it loads the set as that mount would. " + REFS_FORMS,
     )
-    inspect.add_argument("source", metavar="REFS")
+    inspect.add_argument("source", metavar="REFS", help=REFS_HELP)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_mount_options(inspect)
 
@@ -199,7 +262,10 @@ def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_umount(args: argparse.Namespace) -> int:
-    mountpoint.unmount(args.mountpoint, lazy=args.lazy)
+    path = os.path.abspath(args.mountpoint)
+    if mountpoint.mount_entry(path) is None:
+        raise ConfigError(f"{path} is not mounted" if os.path.isdir(path) else f"{path}: no such directory")
+    mountpoint.unmount(path, lazy=args.lazy)
     return 0
 
 
@@ -211,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mount_helper_main(argv, prog="refmount")
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "storage_option", None):
+            argv = storage_options_as_mount_options(argv, args.source)
+            args = parser.parse_args(argv)
         if args.command == "mount":
             return _run_mount(args, argv)
         if args.command == "umount":
@@ -250,6 +319,9 @@ def mount_helper_main(argv: Sequence[str] | None = None, prog: str | None = None
     """``mount.refmount SOURCE MOUNTPOINT [-o OPTIONS]``: what mount(8) and fstab run (see refmount.cli.fstab)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or "mount.refmount"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(HELP)
+        return 0
     if argv[:1] == ["--install"]:
         directory = argv[1] if len(argv) > 1 else "/sbin"
         for line in install_helpers(directory):

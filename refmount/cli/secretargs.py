@@ -116,6 +116,11 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str]:
             text, index = items[index + 1], index + 2
         elif item.startswith("-o") and len(item) > 2:
             text, index = item[2:], index + 1
+        elif _is_secret_storage_flag(items, index):
+            # ``--storage-option NAME=X`` (scan's spelling): the command turns it into its ``-o`` form before it
+            # hands anything over, so an image of the original command line only has to leave it out.
+            index += 1 if item.startswith("--storage-option=") else 2
+            continue
         else:
             if item == "--":
                 cleaned.extend(items[index:])
@@ -128,6 +133,18 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str]:
         if kept:
             cleaned += ["-o", ",".join(kept)]
     return cleaned, ",".join(secrets)
+
+
+def _is_secret_storage_flag(items: Sequence[str], index: int) -> bool:
+    """Whether ``items[index]`` starts a ``--storage-option [PROTOCOL.]NAME=VALUE`` whose NAME is a credential."""
+    item = items[index]
+    if item.startswith("--storage-option="):
+        text = item.partition("=")[2]
+    elif item == "--storage-option" and index + 1 < len(items):
+        text = items[index + 1]
+    else:
+        return False
+    return bool(_SECRET_NAME.search(text.partition("=")[0].rpartition(".")[2]))
 
 
 def clean_argv(argv: Sequence[str], source: str | None) -> tuple[list[str], str]:

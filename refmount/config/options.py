@@ -25,6 +25,7 @@ from refmount.errors import ConfigError
 from refmount.store.options import BackendOptions
 from refmount.store.policy import UrlPolicy
 from refmount.views.present import parse_view as parse
+from refmount.views.present import parse_zarr_format
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -133,6 +134,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("umask", parse_octal, 0o222, "permission bits to clear from 0777 (files lose x as well)", "OCTAL"),
     Option("view", parse_view, "raw", "raw (chunk bytes as referenced) or decoded (chunks decoded, codec-free "
            ".zarray, for netCDF-C, GDAL and other readers without the codecs)", "raw|decoded"),
+    Option("zarr_format", parse_zarr_format, 2, "2 (the set's Zarr v2 metadata) or 3 (also a zarr.json beside every "
+           ".zgroup and .zarray, for Zarr v3 readers: zarr-python 3, tensorstore, zarrs; the v2 files stay)", "2|3"),
     # FUSE
     Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
     Option("allow_private_files", parse_bool, False, "with allow_other, also serve local files that are not "
@@ -241,6 +244,7 @@ class MountConfig:
     gid: int | None = None
     umask: int = 0o222
     view: str = "raw"
+    zarr_format: int = 2
     allow_other: bool = False
     allow_private_files: bool = False
     default_permissions: bool = True

@@ -86,15 +86,14 @@ class SetSlot:
             if self.fs is not None:
                 return self.fs
             if self.error is not None and time.monotonic() - self._failed_at < RETRY_FAILED_AFTER:
-                raise InvalidReferences(f"reference set {self.source.name} is unavailable: {self.error}")
+                raise InvalidReferences(f"reference set {self.source.label} is unavailable: {self.error}")
             try:
                 self.fs = self._build(self.source)
             except Exception as exc:  # noqa: BLE001 - one broken set must not affect the others
                 self.error = str(exc) if isinstance(exc, RefmountError) else f"{type(exc).__name__}: {exc}"
                 self._failed_at = time.monotonic()
-                log.error("reference set %s (%s) failed to load: %s", self.source.name,
-                          redact_url(self.source.url), self.error)
-                raise InvalidReferences(f"reference set {self.source.name} is unavailable: {self.error}") from None
+                log.error("reference set %s failed to load: %s", self.source.label, self.error)
+                raise InvalidReferences(f"reference set {self.source.label} is unavailable: {self.error}") from None
             self.error = None
             return self.fs
 
@@ -222,8 +221,7 @@ class SetRouter:
                 try:
                     fresh = self._build(entry)
                 except Exception as exc:  # noqa: BLE001 - keep serving the previous version
-                    log.error("reload of reference set %s (%s) failed, keeping the previous version: %s",
-                              name or redact_url(self.source), redact_url(entry.url), exc)
+                    log.error("reload of reference set %s failed, keeping the previous version: %s", entry.label, exc)
                     result.failed.append(name or "/")
                     continue
                 if entry.fingerprint != slot.source.fingerprint or not self.collection:

@@ -107,7 +107,8 @@ def open_tree(config: MountConfig) -> ServedTree:
                      ", ".join(buckets[:20]) + (f" and {len(buckets) - 20} more" if len(buckets) > 20 else ""))
         backend.connect(allowed)
         reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
-        shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url)
+        shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url,
+                                      zarr_format=config.zarr_format)
         fs = RefFilesystem(shown, view_reader, owner, mtime)
         log.info("loaded %s: %d keys, %d directories in %.2f s", source.name or redact_url(source.url),
                  len(namespace), namespace.directory_count, time.monotonic() - loaded_at)

@@ -206,7 +206,8 @@ def unmount(path: MountPath, *, lazy: bool = False) -> None:
             continue
         if result.returncode == 0:
             return
-        errors.append(f"{tool}: {result.stderr.strip() or result.returncode}")
+        detail = result.stderr.strip().removeprefix(f"{tool}: ")  # the tools name themselves already
+        errors.append(f"{tool}: {detail or result.returncode}")
     raise ConfigError(f"could not unmount {mountpoint}: " + "; ".join(errors or ["no unmount tool found"]))
 
 

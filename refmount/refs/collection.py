@@ -42,6 +42,12 @@ class SetSource:
     kind: str
     fingerprint: tuple[Any, ...] = ()
 
+    @property
+    def label(self) -> str:
+        """How messages name the set: ``NAME (URL)`` in a collection, the URL alone for a single set (no name)."""
+        shown = redact_url(self.url)
+        return f"{self.name} ({shown})" if self.name else shown
+
 
 def set_name(basename: str) -> tuple[str, str] | None:
     """``(name, kind)`` of a directory entry that is a reference set, else None."""

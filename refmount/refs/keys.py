@@ -6,6 +6,12 @@ absolute paths, ``.``/``..`` segments, empty segments (``a//b``, trailing
 ``/``), NUL and other control characters, and names longer than NAME_MAX.
 Keys are never normalised: accepting ``a//b`` as ``a/b`` would let two
 distinct keys collide silently, so a non-normal key is an error instead.
+One spelling is the exception, because a widely used writer produces it:
+VirtualiZarr writes the one chunk of a 0-d array ``crs`` as ``crs/``
+rather than ``crs/0``. :func:`scalar_chunk_array` recognises that shape;
+the reader that knows the array is 0-d (its ``.zarray`` says ``shape: []``)
+renames it to ``crs/0`` and refuses it like any other empty segment
+otherwise, and refuses both spellings together.
 
 Backslash is allowed: it is an ordinary filename character on POSIX and
 Zarr itself never produces it, so refusing it would only reject valid data.
@@ -17,7 +23,10 @@ import re
 
 from refmount.errors import InvalidReferences
 
-__all__ = ["NAME_MAX", "ZMETADATA", "is_meta_key", "key_problem", "split_key", "validate_key"]
+__all__ = [
+    "NAME_MAX", "SCALAR_CHUNK", "ZMETADATA", "is_meta_key", "key_problem", "scalar_chunk_array", "split_key",
+    "validate_key",
+]
 
 #: Longest file name (one path segment) Linux accepts, in bytes.
 NAME_MAX = 255
@@ -72,6 +81,22 @@ def key_problem(key: str) -> str | None:
         except UnicodeEncodeError:
             return "key is not valid Unicode (lone surrogate)"
     return None
+
+
+#: The key of the only chunk of a 0-d Zarr array, relative to the array.
+SCALAR_CHUNK = "0"
+
+
+def scalar_chunk_array(key: str) -> str | None:
+    """The array ``crs`` if ``key`` is ``crs/`` (VirtualiZarr's spelling of ``crs/0``) and ``crs`` is a legal key.
+
+    Only the shape of the key is judged here; whether ``crs`` is a 0-d
+    array is for the caller, who has its ``.zarray``.
+    """
+    if not key.endswith("/"):
+        return None
+    array = key[:-1]
+    return array if array and key_problem(array) is None else None
 
 
 def validate_key(key: object) -> None:

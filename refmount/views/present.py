@@ -4,8 +4,10 @@ A view is a property of one reference set: :func:`present` wraps the set's
 raw tree and reader, so a mount of several sets can show each in its own
 view. ``raw`` shows the bytes as referenced; ``decoded`` (see
 :mod:`refmount.views.decoded`) shows every chunk decoded and every
-``.zarray`` without codecs. Wrapping is lazy: nothing of the set is read
-here.
+``.zarray`` without codecs. Either can also be shown to Zarr v3 readers
+(``zarr_format=3``, :mod:`refmount.views.zarr3`): a ``zarr.json`` beside
+each group and array, over whichever of the two views was chosen.
+Wrapping is lazy: nothing of the set is read here.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from typing import Any
 from refmount.refs.model import Reference
 from refmount.refs.tree import File, ReferenceTree
 from refmount.views.decoded import DecodedChunkCache, DecodedTree, DecodingReader
+from refmount.views.zarr3 import Zarr3Tree
 
 log = logging.getLogger("refmount.decoded")
 
 VIEWS = ("raw", "decoded")
+
+#: The Zarr formats a set can be shown in: 2 (its own metadata) or 3 (a zarr.json added per node).
+ZARR_FORMATS = (2, 3)
 
 #: Share of ``cache_size`` given to decoded chunks under the decoded view.
 DECODED_SHARE = 0.5
@@ -30,6 +36,17 @@ def parse_view(text: Any) -> str:
     value = str(text).strip().lower()
     if value not in VIEWS:
         raise ValueError(f"{text!r} is not a view (use raw or decoded)")
+    return value
+
+
+def parse_zarr_format(text: Any) -> int:
+    """The ``zarr_format`` option: 2 (the set's v2 metadata only) or 3 (also a zarr.json for v3 readers)."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a Zarr format (use 2 or 3)") from None
+    if value not in ZARR_FORMATS:
+        raise ValueError(f"{text!r} is not a Zarr format (use 2 or 3)")
     return value
 
 
@@ -55,13 +72,34 @@ def present(
     *,
     chunk_cache: DecodedChunkCache | None = None,
     set_id: str = "",
+    zarr_format: int = 2,
 ) -> tuple[ReferenceTree, Any]:
-    """The tree and reader one reference set shows in ``view`` (``raw`` returns them unchanged).
+    """The tree and reader one reference set shows in ``view`` (``raw``, format 2 returns them unchanged).
 
     ``reader`` is the set's raw reader (:class:`refmount.read.reader.Reader`);
     under ``decoded`` it reads the metadata documents that are not inline and
-    the raw bytes of every chunk decoded.
+    the raw bytes of every chunk decoded. ``zarr_format=3`` wraps the result
+    in :class:`Zarr3Tree`; its documents are inline, so the reader is the same.
     """
+    if zarr_format not in ZARR_FORMATS:
+        raise ValueError(f"unknown zarr_format {zarr_format!r}")
+    tree, shown_reader = _present_view(view, namespace, reader, chunk_cache, set_id)
+    if zarr_format == 3:
+        log.info("zarr v3 view%s: a zarr.json beside each .zgroup and .zarray, built as first looked up",
+                 f" of {set_id}" if set_id else "")
+        tree = Zarr3Tree(tree, lambda key, ref: _read_whole(shown_reader, key, ref))
+    return tree, shown_reader
+
+
+def _read_whole(reader: Any, key: str, ref: Reference) -> bytes:
+    """The bytes of a metadata document that is not inline."""
+    data: bytes = reader.read(File(key, ref), 0, reader.size(ref))
+    return data
+
+
+def _present_view(
+    view: str, namespace: ReferenceTree, reader: Any, chunk_cache: DecodedChunkCache | None, set_id: str,
+) -> tuple[ReferenceTree, Any]:
     if view == "raw":
         return namespace, reader
     if view != "decoded":
@@ -69,11 +107,8 @@ def present(
     if chunk_cache is None:
         chunk_cache = DecodedChunkCache(reader.cache.block_size * 64, reader.metrics)
 
-    def read_meta(key: str, ref: Reference) -> bytes:
-        data: bytes = reader.read(File(key, ref), 0, reader.size(ref))
-        return data
-
     log.info("decoded view%s: arrays are decoded from their metadata as they are first read; decoded chunk "
              "cache %d bytes", f" of {set_id}" if set_id else "", chunk_cache.capacity)
-    tree = DecodedTree(namespace, read_meta, chunk_cache_capacity=chunk_cache.capacity)
+    tree = DecodedTree(namespace, lambda key, ref: _read_whole(reader, key, ref),
+                       chunk_cache_capacity=chunk_cache.capacity)
     return tree, DecodingReader(reader, chunk_cache, set_id)

@@ -104,6 +104,16 @@ def test_foreground_daemon_keeps_the_secret_out_of_its_command_line(local_s3, s3
         assert f"{SECRET_ENV}" not in mount.log()
 
 
+def test_secrets_given_in_scans_storage_option_spelling_stay_out_of_ps(local_s3, s3_set, tmp_path):
+    refs, expected = s3_set
+    secret = local_s3.secret_key
+    options = ["--endpoint-url", local_s3.endpoint_url, "--storage-option", f"s3.key={local_s3.access_key}",
+               f"--storage-option=s3.secret={secret}"]
+    with mounted(refs, tmp_path / "mnt", options, env=_NO_AWS_ENV) as mount:
+        assert (mount.path / "chunk").read_bytes() == expected  # the secret reached the store
+        assert_secret_nowhere_public(secret, mount.process.pid, mount.path, mount.log())
+
+
 def mount_in_background(helper_args: list[str], mountpoint: Path, env: dict[str, str], secret: str,
                         expected: bytes, log_file: Path) -> None:
     """Mount with ``mount.refmount HELPER_ARGS`` (as fstab does), read, check every public place, unmount."""

@@ -24,7 +24,7 @@ def test_every_option_is_a_field_a_flag_an_o_option_and_a_config_key():
         assert "--" + option.name.replace("_", "-") in mount_help
         value = "true" if option.is_flag else {"cache_size": "2G", "block_size": "1M", "max_request": "16M",
                                                  "readahead": "1M", "umask": "022", "allow": "s3|https",
-                                                 "log_level": "debug"}.get(
+                                                 "log_level": "debug", "zarr_format": "3"}.get(
             option.name, option.default if isinstance(option.default, str) else "7")
         parsed, _ = parse_mount_options(f"{option.name}={value}")
         from_file = parse_config(f'{option.name} = "{value}"\n').values

@@ -18,8 +18,8 @@ import orjson
 from refmount.errors import InvalidReferences
 from refmount.refs.kerchunk.gen import expand_gens
 from refmount.refs.kerchunk.values import describe_value, parse_templates, type_name, value_reference
-from refmount.refs.keys import validate_key
-from refmount.refs.model import Reference
+from refmount.refs.keys import SCALAR_CHUNK, scalar_chunk_array, validate_key
+from refmount.refs.model import Inline, Reference
 
 __all__ = [
     "decode_json",
@@ -167,8 +167,31 @@ def _parse_refs(
     """Convert each explicit entry; URLs are resolved once per distinct string."""
     out: dict[str, Reference] = {}
     url_cache: dict[Any, str] = {}
+    scalar_chunks: dict[str, tuple[str, Any]] = {}
     for key, value in refs.items():
+        array = scalar_chunk_array(key) if isinstance(key, str) else None
+        if array is not None:
+            scalar_chunks[array] = (key, value)  # decided once every .zarray is known
+            continue
         validate_key(key)
         out[key] = value_reference(key, value, default_url, templates, url_cache)
+    for array, (key, value) in scalar_chunks.items():
+        if not _is_zero_dimensional(out.get(f"{array}/.zarray")):
+            validate_key(key)  # refused as any other empty path segment
+        chunk = f"{array}/{SCALAR_CHUNK}"
+        if chunk in out:
+            raise InvalidReferences(f"the chunk of 0-d array {array} is given twice, as {key!r} and {chunk!r}", key=key)
+        out[chunk] = value_reference(chunk, value, default_url, templates, url_cache)
     return out
+
+
+def _is_zero_dimensional(zarray: Reference | None) -> bool:
+    """Whether ``zarray`` is the inline ``.zarray`` of a 0-d array (``"shape": []``)."""
+    if not isinstance(zarray, Inline):
+        return False
+    try:
+        meta = json.loads(zarray.data)
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and meta.get("shape") == []
 

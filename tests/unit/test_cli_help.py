@@ -1,0 +1,128 @@
+"""Help texts and messages of the command line: what a new user reads first."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from refmount.cli.main import build_parser, main, mount_config, mount_helper_main, storage_options_as_mount_options
+from refmount.cli.secretargs import split_argv
+from refmount.config.options import OPTIONS
+from refmount.errors import ConfigError, InvalidReferences
+from refmount.fs.router import SetSlot
+from refmount.mount.mountpoint import unmount
+from refmount.refs.collection import SetSource
+
+
+def help_of(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare words
+
+
+@pytest.mark.parametrize("command", ["mount", "inspect"])
+def test_mount_and_inspect_help_list_every_mount_option(capsys, command):
+    text = help_of(capsys, command)
+    for option in OPTIONS:
+        assert "--" + option.name.replace("_", "-") in text, option.name
+    assert "-o OPTS" in text and "--storage-option [PROTOCOL.]KEY=VALUE" in text
+
+
+@pytest.mark.parametrize("command", ["mount", "inspect"])
+def test_refs_help_names_every_form_a_set_may_take(capsys, command):
+    text = help_of(capsys, command)
+    for word in ("JSON", "Parquet", "path", "URL", ".gz", ".zst", "compressed", "directory", "prefix"):
+        assert word in text, word
+
+
+@pytest.mark.parametrize("command", ["umount", "reload", "stats"])
+def test_mountpoint_has_help(capsys, command):
+    text = help_of(capsys, command)
+    assert re.search(r"MOUNTPOINT where the tree is mounted", text), text
+
+
+def test_zarr_format_option_is_documented(capsys):
+    text = help_of(capsys, "mount")
+    assert "--zarr-format 2|3" in text and "zarr.json" in text
+
+
+def test_the_mount_helper_has_help(capsys):
+    assert mount_helper_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mount.refmount SOURCE MOUNTPOINT") and "PROTOCOL.NAME=VALUE" in out
+
+
+# -- one spelling of storage options for scan and mount --------------------------------
+
+
+def _config(argv: list[str]):
+    argv = storage_options_as_mount_options(argv, argv[1])
+    return mount_config(build_parser().parse_args(argv))
+
+
+def test_mount_takes_scans_storage_option_spelling():
+    config = _config(["mount", "s3://bucket/refs.json", "/mnt", "--storage-option", "requester_pays=true",
+                      "--storage-option=https.headers_timeout=5", "-o", "s3.anon=true"])
+    assert config.storage_options == {"s3": {"requester_pays": True, "anon": True}, "https": {"headers_timeout": 5}}
+
+
+def test_storage_option_and_o_spellings_give_the_same_config():
+    via_flag = _config(["inspect", "/refs.json", "--storage-option", "s3.requester_pays=true"])
+    via_o = _config(["inspect", "/refs.json", "-o", "s3.requester_pays=true"])
+    assert via_flag.storage_options == via_o.storage_options == {"s3": {"requester_pays": True}}
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("requester_pays=true", "REFS is local, so say which protocol"),
+        ("s3.novalue", "expected \\[PROTOCOL.\\]KEY=VALUE"),
+        ("s3.list=a,b", "a value with a comma"),
+    ],
+)
+def test_storage_options_that_cannot_be_placed_are_refused(item, message):
+    with pytest.raises(ConfigError, match=message):
+        storage_options_as_mount_options(["mount", "/local/refs.json", "/mnt", "--storage-option", item], "/local/refs.json")
+
+
+def test_credentials_given_as_storage_options_leave_the_command_line():
+    cleaned, _ = split_argv(["mount", "s3://b/r.json", "/mnt", "--storage-option", "secret=abc",
+                             "--storage-option=s3.key=xyz", "--storage-option", "s3.requester_pays=true"])
+    assert cleaned == ["mount", "s3://b/r.json", "/mnt", "--storage-option", "s3.requester_pays=true"]
+    rewritten = storage_options_as_mount_options(["mount", "s3://b/r.json", "/mnt", "--storage-option", "secret=abc"],
+                                                  "s3://b/r.json")
+    cleaned, secrets = split_argv(rewritten)
+    assert cleaned == ["mount", "s3://b/r.json", "/mnt"] and secrets == "s3.secret=abc"
+
+
+# -- messages ---------------------------------------------------------------------
+
+
+def test_a_single_set_that_fails_to_load_is_named_by_its_url(caplog):
+    def broken(source):
+        raise InvalidReferences("'a//b': key has an empty path segment")
+
+    slot = SetSlot(SetSource("", "/data/refs/x.json", "json"), broken)
+    with caplog.at_level(logging.ERROR), pytest.raises(InvalidReferences) as error:
+        slot.get()
+    assert str(error.value).startswith("reference set /data/refs/x.json is unavailable: ")
+    assert "reference set /data/refs/x.json failed to load" in caplog.text
+    assert "set  " not in caplog.text and "set  " not in str(error.value)
+    named = SetSlot(SetSource("era5", "s3://b/era5.json", "json"), broken)
+    with pytest.raises(InvalidReferences, match=r"^reference set era5 \(s3://b/era5.json\) is unavailable"):
+        named.get()
+
+
+def test_umount_of_a_directory_not_mounted_says_so_once(tmp_path, capsys):
+    assert main(["umount", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"refmount umount: {tmp_path} is not mounted"
+
+
+def test_unmount_tool_failures_do_not_repeat_the_tools_name(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        unmount(tmp_path)
+    message = str(error.value)
+    assert not re.search(r"\b(fusermount3?|umount): \1:", message), message
