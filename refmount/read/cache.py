@@ -217,12 +217,13 @@ class BlockCache:
         """Publish the claimed blocks the tiers hold; the claims left for the store."""
         keys = {index: TierKey(url, version, self.block_size, index) for index in mine}
         minimum = {index: block_range(index, self.block_size, extent).length for index in mine}
-        found = self.tiers.lookup(keys, minimum)
-        if found:
+
+        def publish(index: int, data: bytes) -> None:  # at once: a reader may be waiting for just this block
             with self._lock:
-                for index, data in found.items():
-                    self._store((url, index), data)
-                    self._flights.resolve_locked((url, index), data)
+                self._store((url, index), data)
+                self._flights.resolve_locked((url, index), data)
+
+        found = self.tiers.lookup(keys, minimum, publish)
         return {index: future for index, future in mine.items() if index not in found}
 
     def _fetch_now(self, url: str, index: int, extent: int) -> bytes:

@@ -23,7 +23,7 @@ import hashlib
 import struct
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,8 +99,12 @@ class CacheTier(Protocol):
         """The block stored under ``key`` if it is there and verifies; None for a miss or any failure."""
         ...
 
-    def get_many(self, keys: Iterable[TierKey]) -> dict[TierKey, bytes]:
-        """The blocks of ``keys`` that :meth:`get` would answer (a tier may look them up concurrently)."""
+    def get_many(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
+        """The blocks of ``keys`` that :meth:`get` would answer, each as soon as it is found.
+
+        A tier may look them up concurrently; yielding early lets a reader waiting for the
+        first block go on while the others are still being read.
+        """
         ...
 
     def put(self, key: TierKey, data: bytes) -> None:

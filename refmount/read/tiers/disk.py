@@ -31,6 +31,7 @@ with EIO.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -38,7 +39,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from refmount.read.tiers.base import TierFigures, TierKey, frame, unframe
@@ -50,6 +51,8 @@ LOW_WATER = 0.9
 #: Temporary files older than this are left over from a crash and removed by the sweeper.
 STALE_TEMPORARY = 3600.0
 LAYOUT = "refmount-blocks-v1"
+#: Files of one lookup read at once: a cold disk (and the kernel's queue) serves several in parallel.
+READERS = 4
 
 
 class DiskTier:
@@ -67,6 +70,7 @@ class DiskTier:
         self._lock = threading.Lock()
         self._used = 0
         self._writable = self._prepare()
+        self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="refmount-disk-read")
         self._sweeper = _Sweeper(self, sweep_interval)
         self._sweeper.start()
 
@@ -103,13 +107,16 @@ class DiskTier:
         self._figures.add("bytes_read", len(data))
         return data
 
-    def get_many(self, keys: Iterable[TierKey]) -> dict[TierKey, bytes]:
-        found = {}
-        for key in keys:
-            data = self.get(key)
+    def get_many(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
+        """Read a few files ahead on a small pool (a cold disk serves several at once), yielding in order."""
+        wanted = list(keys)
+        answers: Iterable[bytes | None] = map(self.get, wanted)
+        if len(wanted) > 1:
+            with contextlib.suppress(RuntimeError):  # closed: read them one by one
+                answers = self._readers.map(self.get, wanted)
+        for key, data in zip(wanted, answers, strict=True):
             if data is not None:
-                found[key] = data
-        return found
+                yield key, data
 
     def put(self, key: TierKey, data: bytes) -> None:
         if not self._writable:
@@ -151,6 +158,7 @@ class DiskTier:
 
     def close(self) -> None:
         self._sweeper.stop()
+        self._readers.shutdown(wait=False, cancel_futures=True)
 
     # -- eviction (called by the sweeper) ----------------------------------
 

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import fsspec
@@ -109,10 +109,13 @@ class SharedTier:
     # -- CacheTier -----------------------------------------------------------
 
     def get(self, key: TierKey) -> bytes | None:
-        return self.get_many([key]).get(key)
+        return self._lookup([key]).get(key)
 
-    def get_many(self, keys: Iterable[TierKey]) -> dict[TierKey, bytes]:
-        wanted = list(keys)
+    def get_many(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
+        """All of ``keys`` looked up at once (one GET each, concurrently), answered when the last is in."""
+        yield from self._lookup(list(keys)).items()
+
+    def _lookup(self, wanted: list[TierKey]) -> dict[TierKey, bytes]:
         if not wanted:
             return {}
         if self._closed or time.monotonic() < self._paused_until:

@@ -10,7 +10,7 @@ missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from refmount.read.tiers.base import CacheTier, TierKey
 
@@ -24,24 +24,29 @@ class TierStack:
     def __bool__(self) -> bool:
         return bool(self.tiers)
 
-    def lookup(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int]) -> dict[int, bytes]:
-        """The blocks (by index) any tier holds at least ``minimum[index]`` bytes of."""
-        wanted = dict(keys)
-        found: dict[int, bytes] = {}
+    def lookup(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int],
+               found: Callable[[int, bytes], None]) -> set[int]:
+        """Hand ``found`` each block (by index) a tier holds at least ``minimum[index]`` bytes of, as it comes.
+
+        Returns the indices found.
+        """
+        wanted = {key: index for index, key in keys.items()}
+        answered: set[int] = set()
         missed_in: list[CacheTier] = []
         for tier in self.tiers:
             if not wanted:
                 break
-            answers = tier.get_many(wanted.values())
-            for index, key in list(wanted.items()):
-                data = answers.get(key)
-                if data is not None and len(data) >= minimum[index]:
-                    found[index] = data
-                    del wanted[index]
-                    for faster in missed_in:
-                        faster.put(key, data)
+            for key, data in tier.get_many(list(wanted)):
+                index = wanted[key]
+                if len(data) < minimum[index]:
+                    continue
+                del wanted[key]
+                answered.add(index)
+                found(index, data)
+                for faster in missed_in:
+                    faster.put(key, data)
             missed_in.append(tier)
-        return found
+        return answered
 
     def store(self, blocks: Iterable[tuple[TierKey, bytes]]) -> None:
         """Keep blocks just fetched from the archive in every tier."""
