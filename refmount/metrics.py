@@ -23,6 +23,15 @@ COUNTERS = (
     "prefetches",
 )
 
+#: The cache tiers' counters (``refmount.read.tiers``), present only when the tier is configured.
+TIER_COUNTERS = tuple(
+    f"{tier}_cache_{figure}"
+    for tier in ("disk", "shared")
+    for figure in ("hits", "misses", "bytes_read", "bytes_written", "corrupt", "errors", "dropped")
+)
+#: The cache tiers' gauges: bytes in the disk directory and its budget, uploads waiting for the shared bucket.
+TIER_GAUGES = ("disk_cache_stored_bytes", "disk_cache_capacity", "shared_cache_queued")
+
 
 class Metrics:
     """Counters, a latency ring and gauges supplied by callbacks."""

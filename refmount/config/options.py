@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from refmount.errors import ConfigError
+from refmount.read.tiers.shared import split_shared_url
 from refmount.store.options import BackendOptions
 from refmount.store.policy import UrlPolicy
 from refmount.views.present import parse_view as parse
@@ -124,6 +125,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
     Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file "
            "read from its start (0 disables)", "SIZE"),
+    Option("disk_cache", _str, None, "keep fetched blocks in this local directory too, across unmounts and "
+           "reboots (checked on every read; off unless given)", "DIR"),
+    Option("disk_cache_size", parse_size, 10 << 30, "byte budget of disk_cache (least recently used blocks "
+           "removed first, in the background)", "SIZE"),
+    Option("shared_cache", _str, None, "look blocks up in, and upload fetched ones to, this S3 prefix shared by "
+           "a fleet of mounts (s3://BUCKET/PREFIX; its own options as -o shared.NAME=VALUE, e.g. "
+           "shared.endpoint_url; off unless given)", "URL"),
     Option("record_cache", _int, 32, "decoded record files of a Parquet reference set kept in memory "
            "(least recently used dropped first; each costs about 9 bytes per reference it holds)", "N"),
     Option("ref", _str, None, "branch, tag or snapshot id of an Icechunk repository to mount (default: main; "
@@ -240,6 +248,9 @@ class MountConfig:
     readahead: int = 32 << 20
     record_cache: int = 32
     ref: str | None = None
+    disk_cache: str | None = None
+    disk_cache_size: int = 10 << 30
+    shared_cache: str | None = None
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222
@@ -270,6 +281,10 @@ class MountConfig:
             raise ConfigError("option timeout: must be positive")
         if self.retries < 1:
             raise ConfigError("option retries: must be at least 1")
+        if self.disk_cache is not None and self.disk_cache_size < self.block_size:
+            raise ConfigError("option disk_cache_size: must hold at least one block (block_size)")
+        if self.shared_cache is not None:
+            split_shared_url(self.shared_cache)
         if self.record_cache < 0:
             raise ConfigError("option record_cache: must be 0 or more record files")
         if self.max_concurrency < 1:
@@ -289,6 +304,8 @@ class MountConfig:
         """Build from parsed option values, ignoring options left at ``None`` (not given)."""
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in values.items() if k in known and v is not None}
+        if given.get("disk_cache"):  # the daemon may change its directory; the cache stays where it was named
+            given["disk_cache"] = os.path.abspath(os.path.expanduser(str(given["disk_cache"])))
         return cls(source=source, mountpoint=os.path.abspath(mountpoint),
                    storage_options=dict(storage_options or {}), **given)
 

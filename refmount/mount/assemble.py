@@ -33,6 +33,8 @@ from refmount.fs.router import SetRouter
 from refmount.metrics import Metrics
 from refmount.read.cache import BlockCache
 from refmount.read.reader import Reader
+from refmount.read.tiers import open_tiers
+from refmount.read.tiers.shared import shared_storage_options
 from refmount.refs.collection import (
     JSON_SUFFIXES,
     PARQUET_MARKER,
@@ -51,6 +53,9 @@ from refmount.views.present import cache_budgets, present
 
 log = logging.getLogger("refmount.sets")
 
+#: The storage options of the shared cache tier: ``-o shared.NAME=VALUE`` (``[storage_options.shared]``).
+SHARED_OPTIONS = "shared"
+
 
 @dataclass
 class ServedTree:
@@ -63,6 +68,7 @@ class ServedTree:
 
     def close(self) -> None:
         self.router.close()
+        self.cache.close()
         self.backend.close()
 
 
@@ -74,8 +80,13 @@ def open_tree(config: MountConfig) -> ServedTree:
     backend = FsspecBackend(options, metrics)
 
     raw_budget, decoded_budget = cache_budgets(config.view, config.cache_size, config.block_size)
+    tiers = open_tiers(
+        disk_cache=config.disk_cache, disk_cache_size=config.disk_cache_size, shared_cache=config.shared_cache,
+        shared_options=shared_storage_options(filesystem_options("s3", options),
+                                              config.storage_options.get(SHARED_OPTIONS, {})),
+        timeout=min(config.timeout, 10.0), queue_bytes=max(4 * config.block_size, raw_budget // 8))
     cache = BlockCache(backend, capacity=raw_budget, block_size=config.block_size,
-                       max_request=config.max_request, metrics=metrics)
+                       max_request=config.max_request, metrics=metrics, tiers=tiers, versions=backend.version_of)
     chunk_cache = DecodedChunkCache(decoded_budget, metrics)  # one budget for every set, as the block cache
     storage = reference_storage_options(config)
     uid, gid = config.owner
@@ -124,6 +135,7 @@ def open_tree(config: MountConfig) -> ServedTree:
     try:
         router.start()
     except BaseException:
+        cache.close()
         backend.close()
         raise
     if collection:

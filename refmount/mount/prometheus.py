@@ -14,7 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from refmount.metrics import COUNTERS
+from refmount.metrics import COUNTERS, TIER_COUNTERS, TIER_GAUGES
 
 log = logging.getLogger("refmount.prometheus")
 
@@ -37,6 +37,22 @@ HELP = {
     "sets": "reference sets served",
     "sets_loaded": "reference sets currently loaded",
     "uptime_seconds": "seconds since the mount started",
+    "disk_cache_stored_bytes": "bytes of blocks in the disk cache directory",
+    "disk_cache_capacity": "byte budget of the disk cache",
+    "shared_cache_queued": "blocks waiting to be uploaded to the shared cache",
+    **{
+        f"{tier}_cache_{figure}": f"{where} {what}"
+        for tier, where in (("disk", "disk cache:"), ("shared", "shared cache:"))
+        for figure, what in (
+            ("hits", "blocks found and verified"),
+            ("misses", "blocks looked up and not found (or not verified)"),
+            ("bytes_read", "bytes of blocks served"),
+            ("bytes_written", "bytes of blocks stored"),
+            ("corrupt", "stored blocks that did not verify and were ignored"),
+            ("errors", "failed lookups or writes"),
+            ("dropped", "blocks not stored (writes off, or the upload queue full)"),
+        )
+    },
 }
 
 
@@ -56,10 +72,11 @@ def render(figures: dict[str, Any], labels: dict[str, str]) -> str:
         joined = ",".join(part for part in (label_text, extra) if part)
         lines.append(f"{name}{{{joined}}} {float(value):g}" if joined else f"{name} {float(value):g}")
 
-    for key in (*COUNTERS, *EXTRA_COUNTERS):
+    for key in (*COUNTERS, *EXTRA_COUNTERS, *TIER_COUNTERS):
         if key in figures:
             emit(f"refmount_{key}_total", "counter", HELP.get(key, key), figures[key])
-    for key in ("cache_bytes", "cache_capacity", "open_handles", "sets", "sets_loaded", "uptime_seconds"):
+    for key in ("cache_bytes", "cache_capacity", "open_handles", "sets", "sets_loaded", "uptime_seconds",
+                *TIER_GAUGES):
         if key in figures:
             emit(f"refmount_{key}", "gauge", HELP[key], figures[key])
     for label, quantile in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99")):

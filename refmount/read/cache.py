@@ -17,13 +17,22 @@ Each cached block is cut at the *extent* the reader vouches for (the end of
 the furthest reference into that object), so no GET asks for bytes beyond
 what the references describe; a block cached shorter than a later read
 needs is treated as missing.
+
+Below the memory cache there may be tiers (:mod:`refmount.read.tiers`: a
+disk directory, a shared bucket). The reader that claimed the missing
+blocks looks them up there first, keyed by the object's *version* as well
+as its URL (``versions``, the store's answer), so a rewritten object is
+never answered from a tier; only what no tier holds is fetched from the
+store, and what the store sent is then kept in every tier, after the
+waiters have their bytes. A URL without a known version bypasses the tiers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 
 from cachetools import LRUCache
@@ -39,6 +48,8 @@ from refmount.read.ranges import (
     plan_fetches,
     split_blocks,
 )
+from refmount.read.tiers.base import TierKey
+from refmount.read.tiers.stack import TierStack
 from refmount.store.base import RangeReader
 from refmount.urls import redact_url
 
@@ -58,7 +69,10 @@ class BlockCache:
         block_size: int,
         max_request: int,
         metrics: Metrics | None = None,
+        tiers: TierStack | None = None,
+        versions: Callable[[str], str | None] | None = None,
     ) -> None:
+        """``tiers`` are consulted on a miss for URLs ``versions`` names a version of (both or neither)."""
         self.backend = backend
         self.block_size = block_size
         self.max_request = max_request
@@ -68,6 +82,10 @@ class BlockCache:
         self._flights: Flights[BlockKey, bytes] = Flights(self._lock)
         self.metrics.gauge("cache_bytes", lambda: self._blocks.currsize)
         self.metrics.gauge("cache_capacity", lambda: self._blocks.maxsize)
+        self.tiers = tiers if tiers is not None and versions is not None else TierStack(())
+        self._versions = versions
+        for name in self.tiers.figures():
+            self.metrics.gauge(name, functools.partial(self._tier_figure, name))
 
     @property
     def capacity(self) -> int:
@@ -124,6 +142,13 @@ class BlockCache:
         with self._lock:
             self._blocks.clear()
 
+    def _tier_figure(self, name: str) -> float:
+        return self.tiers.figures().get(name, 0)
+
+    def close(self) -> None:
+        """Finish the tiers' background writes (bounded) and stop their threads."""
+        self.tiers.close()
+
     # -- internals ---------------------------------------------------------
 
     def _bounded(self, url: str, extent: int) -> int:
@@ -165,24 +190,50 @@ class BlockCache:
         (KeyboardInterrupt, SystemExit) propagates from here.
         """
         try:
-            plan = plan_fetches(mine, self.block_size, extent, self.max_request)
+            version = self._versions(url) if self.tiers and self._versions is not None else None
+            missing = self._from_tiers(url, version, mine, extent) if version is not None else mine
+            if not missing:
+                return
+            plan = plan_fetches(missing, self.block_size, extent, self.max_request)
             bodies = self.backend.read_ranges(url, [fetch.span for fetch in plan])
+            fetched: list[tuple[int, bytes]] = []
             with self._lock:
                 for fetch, body in zip(plan, bodies, strict=True):
                     for index, data in split_blocks(fetch, body, self.block_size):
                         self._store((url, index), data)
                         self._flights.resolve_locked((url, index), data)
+                        fetched.append((index, data))
+            if version is not None:  # the waiters have their bytes: keeping them below costs only this reader
+                self.tiers.store((TierKey(url, version, self.block_size, index), data) for index, data in fetched)
         except BaseException as exc:
             # Only our own unresolved claims: a block we published may already be claimed anew by another reader.
             self._flights.fail([(url, index) for index, future in mine.items() if not future.done()], exc)
             if not isinstance(exc, Exception):
                 raise
 
+    def _from_tiers(
+        self, url: str, version: str, mine: dict[int, Future[bytes]], extent: int
+    ) -> dict[int, Future[bytes]]:
+        """Publish the claimed blocks the tiers hold; the claims left for the store."""
+        keys = {index: TierKey(url, version, self.block_size, index) for index in mine}
+        minimum = {index: block_range(index, self.block_size, extent).length for index in mine}
+
+        def publish(index: int, data: bytes) -> None:  # at once: a reader may be waiting for just this block
+            with self._lock:
+                self._store((url, index), data)
+                self._flights.resolve_locked((url, index), data)
+
+        found = self.tiers.lookup(keys, minimum, publish)
+        return {index: future for index, future in mine.items() if index not in found}
+
     def _fetch_now(self, url: str, index: int, extent: int) -> bytes:
         span = block_range(index, self.block_size, extent)
         data = self.backend.read_ranges(url, [span])[0]
         with self._lock:
             self._store((url, index), data)
+        version = self._versions(url) if self.tiers and self._versions is not None else None
+        if version is not None:
+            self.tiers.store([(TierKey(url, version, self.block_size, index), data)])
         return data
 
     def _store(self, key: BlockKey, data: bytes) -> None:

@@ -221,6 +221,21 @@ class FsspecBackend:
         """
         return self._first_contact(url).size
 
+    def version_of(self, url: str) -> str | None:
+        """Text naming the version of ``url`` first seen (its ETag, else size and mtime), or None if nothing does.
+
+        Persistent caches key blocks by it, so a rewritten object is never answered from them.
+        A local file's version is its identity (device, inode, size, mtime and ctime in ns).
+        """
+        facts = self._first_contact(url)
+        if facts.identity is not None:
+            return "file:" + ":".join(str(part) for part in facts.identity)
+        if facts.etag is not None:
+            return f"etag:{facts.size}:{facts.etag.strip()}"
+        if facts.size is not None and facts.mtime is not None:
+            return f"mtime:{facts.size}:{facts.mtime:.0f}"
+        return None
+
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
 

@@ -1,0 +1,163 @@
+"""Cache tiers benchmark: disk-tier reads against local-disk reads, and archive bytes per node in a fleet.
+
+Run as root (the page cache is dropped between runs): ``python benchmarks/bench_tiers.py [--size-mib 32]
+[--repeats 3] [--work DIR]``. A local SeaweedFS server holds the archive and the shared-cache bucket,
+each behind its own counting proxy (a child process), and every daemon is a separate refmount process
+with its own mountpoint, standing for a node.
+
+1. Disk tier: a file of SIZE random bytes, referenced as 1 MiB chunk keys, is read once through a
+   mount with ``disk_cache`` (filling it), then, page cache dropped and the daemon restarted (empty
+   memory cache), read again: every block now comes from the disk directory. The same bytes read from
+   a plain local file (page cache dropped) are the baseline; the target is >= 0.8x its throughput.
+   Timing starts after the daemon's first contact with the object (one HEAD per object and mount,
+   which tells the version the tier keys by); the same mount read again from memory shows what the
+   FUSE path itself allows.
+2. Fleet: 1, 2 and 4 daemons sharing one ``shared_cache`` prefix (fresh per fleet size) read the
+   whole dataset, one node after another and then all at once; printed: bytes the archive served per
+   node (the target: about SIZE / nodes when nodes follow each other) and the shared bucket's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.speed_infra import REPO, ProxyProcess, clean_env, drop_page_cache, foreground_mount  # noqa: E402
+from refmount.devtools.localstore import LocalS3  # noqa: E402
+from refmount.mount.control import read_stats  # noqa: E402
+
+CHUNK = 1 << 20
+READ = 1 << 20
+
+
+def read_through(root: Path, keys: list[str]) -> tuple[int, float]:
+    """Bytes and seconds to read ``keys`` under ``root`` in 1 MiB reads, one after another."""
+    started = time.perf_counter()
+    total = 0
+    for key in keys:
+        with open(root / key, "rb", buffering=0) as handle:
+            while chunk := handle.read(READ):
+                total += len(chunk)
+    return total, time.perf_counter() - started
+
+
+def wait_for_first_contact(mountpoint: Path) -> None:
+    """Let the daemon's one lookup of the object (size and version, made once per mount) finish before timing."""
+    deadline = time.monotonic() + 30
+    while read_stats(str(mountpoint)).get("heads", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)
+
+
+def mount_command(refs: Path, mountpoint: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "refmount", "mount", str(refs), str(mountpoint), "-f", "--log-level", "warning",
+            "-o", ",".join(options)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="refmount-bench-tiers-"))
+    work.mkdir(parents=True, exist_ok=True)
+    size = args.size_mib << 20
+    keys = [f"data/{i}" for i in range(size // CHUNK)]
+    print(f"# cache tiers, {args.size_mib} MiB, load average {os.getloadavg()[0]:.1f} at the start, "
+          f"{os.cpu_count()} CPUs")
+    with ExitStack() as stack:
+        store = LocalS3(work / "seaweedfs")
+        store.start()
+        stack.callback(store.close)
+        archive = ProxyProcess(store.endpoint_url)
+        stack.callback(archive.close)
+        shared = ProxyProcess(store.endpoint_url)
+        stack.callback(shared.close)
+        bucket, shared_bucket = f"bench-archive-{uuid.uuid4().hex[:8]}", f"bench-shared-{uuid.uuid4().hex[:8]}"
+        store.create_bucket(bucket)
+        store.create_bucket(shared_bucket)
+        data = os.urandom(size)
+        url = f"s3://{bucket}/data.bin"
+        store.put(url, data)
+        local = work / "local.bin"
+        local.write_bytes(data)
+        refs = work / "refs.json"
+        refs.write_text(json.dumps({"version": 1, "refs": {key: [url, i * CHUNK, CHUNK] for i, key in enumerate(keys)}}))
+        env = clean_env({k: v for k, v in store.env().items() if not k.startswith("AWS_ENDPOINT_URL")}
+                        | {"PYTHONPATH": str(REPO)})
+        base = [f"endpoint_url={archive.endpoint_url}", "allow=s3", "cache_size=256M"]
+
+        # 1. Disk tier against local disk.
+        disk = work / "disk-cache"
+        mountpoint = work / "mnt"
+        with foreground_mount(mount_command(refs, mountpoint, *base, f"disk_cache={disk}"), mountpoint, env=env):
+            read_through(mountpoint, keys)
+        local_rates, tier_rates, memory_rates, archive_gets = [], [], [], []
+        for _ in range(args.repeats):
+            drop_page_cache()
+            total, seconds = read_through(local.parent, [local.name])
+            local_rates.append(total / seconds)
+            archive.reset()
+            with foreground_mount(mount_command(refs, mountpoint, *base, f"disk_cache={disk}"), mountpoint, env=env):
+                wait_for_first_contact(mountpoint)
+                drop_page_cache()
+                total, seconds = read_through(mountpoint, keys)
+                assert total == size
+                tier_rates.append(total / seconds)
+                drop_page_cache()  # the same mount again: every block in memory, the FUSE path's own ceiling
+                total, seconds = read_through(mountpoint, keys)
+                memory_rates.append(total / seconds)
+            archive_gets.append(archive.counts()["gets"])
+        local_rate, tier_rate = statistics.median(local_rates), statistics.median(tier_rates)
+        print(f"\n| read of the same bytes, page cache dropped | MiB/s (median of {args.repeats}) |")
+        print("| --- | ---: |")
+        print(f"| local disk (one file, 1 MiB reads) | {local_rate / 2**20:.0f} |")
+        print(f"| refmount, every block from the disk tier (fresh daemon) | {tier_rate / 2**20:.0f} |")
+        print(f"| refmount, every block in its memory cache (same daemon) | {statistics.median(memory_rates) / 2**20:.0f} |")
+        print(f"| disk tier / local disk | {tier_rate / local_rate:.2f}x (target >= 0.8x) |")
+        print(f"\narchive GETs during the disk-tier reads: {archive_gets}")
+
+        # 2. Fleets sharing one bucket.
+        print("\n| nodes | order | archive bytes per node | archive / dataset | shared GETs | shared bytes out |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for nodes in (1, 2, 4):
+            for order in ("one after another", "all at once"):
+                prefix = f"s3://{shared_bucket}/{nodes}-{order.split()[0]}"
+                options = [*base, f"shared_cache={prefix}", f"shared.endpoint_url={shared.endpoint_url}",
+                           "readahead=8M"]
+                with ExitStack() as fleet:
+                    points = [work / f"node{n}" for n in range(nodes)]
+                    for point in points:
+                        fleet.enter_context(foreground_mount(mount_command(refs, point, *options), point, env=env))
+                    archive.reset()
+                    shared.reset()
+                    if order == "one after another":
+                        for point in points:
+                            read_through(point, keys)
+                            deadline = time.monotonic() + 60
+                            while read_stats(str(point))["shared_cache_queued"] and time.monotonic() < deadline:
+                                time.sleep(0.05)
+                    else:
+                        with concurrent.futures.ThreadPoolExecutor(nodes) as pool:
+                            list(pool.map(lambda point: read_through(point, keys), points))
+                    served, from_shared = archive.counts(), shared.counts()
+                print(f"| {nodes} | {order} | {served['bytes_sent'] / nodes / 2**20:.1f} MiB | "
+                      f"{served['bytes_sent'] / size:.2f}x | {from_shared['gets']} | "
+                      f"{from_shared['bytes_sent'] / 2**20:.1f} MiB |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The block cache over a disk tier, with real files as the archive: persistence, versions, damage, budget."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from refmount.byterange import ByteRange
+from refmount.metrics import Metrics
+from refmount.mount.control import format_stats
+from refmount.mount.prometheus import render
+from refmount.read.cache import BlockCache
+from refmount.read.tiers import DiskTier, TierKey, TierStack
+from tests.support.backends import CountingBackend
+
+BLOCK = 4096
+
+
+@pytest.fixture
+def blob(tmp_path):
+    data = os.urandom(16 * BLOCK + 123)
+    path = tmp_path / "archive" / "blob.bin"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    return str(path), data
+
+
+def cache_over(directory: Path, capacity: int = 1 << 30) -> tuple[BlockCache, CountingBackend, DiskTier]:
+    """A fresh process's view: new backend, new memory cache, the disk tier at ``directory``."""
+    backend = CountingBackend()
+    tier = DiskTier(directory, capacity)
+    cache = BlockCache(backend, capacity=1 << 20, block_size=BLOCK, max_request=8 * BLOCK, metrics=Metrics(),
+                       tiers=TierStack([tier]), versions=backend.inner.version_of)
+    return cache, backend, tier
+
+
+def test_a_fresh_cache_over_a_warm_directory_reads_without_a_get(blob, tmp_path):
+    url, data = blob
+    first, backend, _ = cache_over(tmp_path / "disk")
+    assert first.read(url, ByteRange(0, len(data)), len(data)) == data
+    assert backend.gets >= 1
+    first.close()
+
+    second, backend, tier = cache_over(tmp_path / "disk")
+    assert second.read(url, ByteRange(100, len(data)), len(data)) == data[100:]
+    assert backend.gets == 0
+    figures = second.metrics.snapshot()
+    assert figures["disk_cache_hits"] == 17 and figures["disk_cache_misses"] == 0
+    assert figures["disk_cache_bytes_read"] == len(data)
+    second.close()
+
+
+def test_a_rewritten_object_is_never_answered_from_the_directory(blob, tmp_path):
+    url, data = blob
+    first, _, _ = cache_over(tmp_path / "disk")
+    assert first.read(url, ByteRange(0, len(data)), len(data)) == data
+    first.close()
+    fresh = os.urandom(len(data))  # same size; the mtime may even be set back: the identity still changes
+    stat = os.stat(url)
+    Path(url).write_bytes(fresh)
+    os.utime(url, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    second, backend, _ = cache_over(tmp_path / "disk")
+    assert second.read(url, ByteRange(0, len(data)), len(data)) == fresh
+    assert backend.gets >= 1
+    assert second.metrics.snapshot()["disk_cache_hits"] == 0
+    second.close()
+
+
+def test_a_corrupt_file_is_removed_and_the_block_fetched_again(blob, tmp_path):
+    url, data = blob
+    first, _, tier = cache_over(tmp_path / "disk")
+    first.read(url, ByteRange(0, BLOCK), len(data))
+    first.close()
+    version = first._versions(url) if first._versions else None
+    assert version is not None
+    key = TierKey(url, version, BLOCK, 0)
+    path = tier.root / key.name[:2] / key.name
+    stored = bytearray(path.read_bytes())
+    stored[-7] ^= 0xFF
+    path.write_bytes(bytes(stored))
+
+    second, backend, _ = cache_over(tmp_path / "disk")
+    assert second.read(url, ByteRange(0, BLOCK), len(data)) == data[:BLOCK]
+    assert backend.gets == 1
+    assert second.metrics.snapshot()["disk_cache_corrupt"] == 1
+    assert path.read_bytes() != bytes(stored), "the damaged file was replaced by the refetched block"
+    second.close()
+
+
+def test_the_sweeper_keeps_the_directory_in_budget_least_recently_used_first(tmp_path):
+    tier = DiskTier(tmp_path / "disk", 10 * BLOCK + 2000, touch_interval=0.0)
+    keys = [TierKey("s3://a/b", "v", BLOCK, index) for index in range(12)]
+    for key in keys[:10]:
+        tier.put(key, os.urandom(BLOCK))
+    past = time.time() - 100
+    for age, key in enumerate(keys[:10]):  # make the order of use certain: keys[0] oldest
+        path = tier.root / key.name[:2] / key.name
+        os.utime(path, (past + age, past + age))
+    assert tier.get(keys[0]) is not None  # used now: the newest
+    tier.put(keys[10], os.urandom(BLOCK))
+    tier.put(keys[11], os.urandom(BLOCK))
+    def path(key: TierKey) -> Path:
+        return tier.root / key.name[:2] / key.name
+
+    deadline = time.monotonic() + 20
+    while (path(keys[1]).exists() or tier.figures()["stored_bytes"] > tier.capacity) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kept = {key.index for key in keys if path(key).exists()}
+    on_disk = sum(path(keys[index]).stat().st_size for index in kept)
+    assert tier.figures()["stored_bytes"] == on_disk <= tier.capacity
+    assert {0, 10, 11} <= kept and 1 not in kept and 2 not in kept
+    tier.close()
+
+
+def test_an_unusable_directory_means_memory_only_with_one_warning(blob, tmp_path, caplog):
+    url, data = blob
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    with caplog.at_level(logging.WARNING, logger="refmount.cache.disk"):
+        cache, backend, _ = cache_over(not_a_directory / "cache")
+        assert cache.read(url, ByteRange(0, len(data)), len(data)) == data
+        assert cache.read(url, ByteRange(0, len(data)), len(data)) == data
+    assert len(caplog.records) == 1 and "memory cache only" in caplog.records[0].message
+    cache.close()
+
+
+def test_two_daemons_sharing_a_directory_read_right_bytes(blob, tmp_path):
+    url, data = blob
+    caches = [cache_over(tmp_path / "disk")[0] for _ in range(2)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def reader(cache: BlockCache, start: int) -> None:
+        barrier.wait()
+        try:
+            for offset in range(start, len(data), 997):
+                cache.clear()
+                assert cache.read(url, ByteRange(offset, min(len(data), offset + 3000)), len(data)) == \
+                    data[offset : offset + 3000]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(caches[n % 2], n * 13)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    for cache in caches:
+        cache.close()
+
+
+def test_tier_figures_reach_refmount_stats_and_prometheus(blob, tmp_path):
+    url, data = blob
+    cache, _, _ = cache_over(tmp_path / "disk")
+    cache.read(url, ByteRange(0, len(data)), len(data))
+    figures = cache.metrics.snapshot()
+    cache.close()
+    text = format_stats(figures)
+    assert "disk cache bytes written" in text and "disk cache misses" in text
+    exposition = render(figures, {"mountpoint": "/mnt"})
+    assert f'refmount_disk_cache_bytes_written_total{{mountpoint="/mnt"}} {len(data)}' in exposition
+    assert "# TYPE refmount_disk_cache_stored_bytes gauge" in exposition
+    assert "shared_cache" not in exposition, "a tier that is not configured shows no figures"
