@@ -24,6 +24,7 @@ from typing import Any
 from refmount.errors import ConfigError
 from refmount.store.options import BackendOptions
 from refmount.store.policy import UrlPolicy
+from refmount.views.present import parse_netcdf_format
 from refmount.views.present import parse_view as parse
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -129,8 +130,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
     Option("umask", parse_octal, 0o222, "permission bits to clear from 0777 (files lose x as well)", "OCTAL"),
-    Option("view", parse_view, "raw", "raw (chunk bytes as referenced) or decoded (chunks decoded, codec-free "
-           ".zarray, for netCDF-C, GDAL and other readers without the codecs)", "raw|decoded"),
+    Option("view", parse_view, "raw", "raw (chunk bytes as referenced), decoded (chunks decoded, codec-free "
+           ".zarray, for netCDF-C, GDAL and other readers without the codecs) or netcdf (each group a virtual "
+           "netCDF classic file, for every netCDF tool)", "raw|decoded|netcdf"),
+    Option("netcdf_format", parse_netcdf_format, "auto", "format of the files of view=netcdf: auto (CDF-2, or "
+           "CDF-5 when a variable needs unsigned or 64-bit integers or more than 4 GiB), cdf1, cdf2 or cdf5 "
+           "(variables the format cannot hold are left out)", "auto|cdf1|cdf2|cdf5"),
     # FUSE
     Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
     Option("allow_private_files", parse_bool, False, "with allow_other, also serve local files that are not "
@@ -238,6 +243,7 @@ class MountConfig:
     gid: int | None = None
     umask: int = 0o222
     view: str = "raw"
+    netcdf_format: str = "auto"
     allow_other: bool = False
     allow_private_files: bool = False
     default_permissions: bool = True
