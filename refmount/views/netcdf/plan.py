@@ -11,7 +11,9 @@ Pure. :func:`plan_group` takes the group's attributes and each array's
   (``string<N>``); every dimension is fixed (a record dimension cannot be
   told from Zarr metadata);
 * variables: coordinate variables first, then the rest by name; fixed and
-  variable-length strings become char arrays;
+  variable-length strings become char arrays (text ones with
+  ``_Encoding = "utf-8"``, which netCDF4-python and xarray read back as
+  strings);
 * attributes: JSON has no types, so attributes CF ties to the variable's
   type (``_FillValue``, ``missing_value``, ``valid_*``) take the variable's
   type, integers are ``int`` (``double`` when they do not fit), and floats
@@ -269,6 +271,8 @@ def _version(netcdf_format: str, candidates: list[_Candidate], left_out: list[tu
 def _variable_attributes(cand: _Candidate, version: int, left_out: list[tuple[str, str]]) -> list[Attribute]:
     numeric = cand.source.kind == "number"
     attrs = _attributes(cand.meta.name, cand.meta.zattrs, cand.nc_type if numeric else None, version, left_out)
+    if _is_text(cand) and "_Encoding" not in cand.meta.zattrs:
+        attrs.append(Attribute.text("_Encoding", "utf-8"))  # netCDF4-python and xarray read the rows as strings
     fill = cand.meta.zarray.get("fill_value")
     if numeric and "_FillValue" not in cand.meta.zattrs and fill is not None:
         try:
@@ -282,6 +286,14 @@ def _variable_attributes(cand: _Candidate, version: int, left_out: list[tuple[st
         except (TypeError, ValueError, OverflowError):
             pass
     return attrs
+
+
+def _is_text(cand: _Candidate) -> bool:
+    """Strings that were text (not bytes) before they became rows of chars."""
+    if cand.source.kind == "unicode":
+        return True
+    ids = {str(c.get("id")) for c in codec_configs(cand.meta.zarray)}
+    return cand.source.kind == "vlen" and "vlen-bytes" not in ids
 
 
 def _attributes(owner: str, raw: Mapping[str, Any], var_type: int | None, version: int,
