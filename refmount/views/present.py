@@ -32,7 +32,7 @@ def parse_view(text: Any) -> str:
     """The ``view`` option: ``raw`` (bytes as referenced), ``decoded`` or ``netcdf``."""
     value = str(text).strip().lower()
     if value not in VIEWS:
-        raise ValueError(f"{text!r} is not a view (use raw, decoded or netcdf)")
+        raise ValueError(f"{text!r} is not a view (use raw or decoded, or netcdf for netCDF classic files)")
     return value
 
 
