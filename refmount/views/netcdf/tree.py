@@ -47,6 +47,10 @@ log = logging.getLogger("refmount.netcdf")
 
 #: Stored bytes of a variable-length string array read to find its longest string.
 STRING_SCAN_LIMIT = 16 << 20
+#: How far from the furthest byte read a read may start and still continue a sequential run.
+RUN_SLACK = 1 << 20
+#: Chunks waiting to be decoded ahead, at most (each waits as a key; decoded, it lives in the chunk cache).
+QUEUED_CHUNKS = 256
 #: Files (groups) whose plans are kept.
 FILES_KEPT = 256
 
@@ -255,7 +259,7 @@ class NetcdfReader:
         self.decoding = decoding
         self.readahead = readahead
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refmount-nc-ahead")
-        self._slots = threading.BoundedSemaphore(workers * 4)
+        self._slots = threading.BoundedSemaphore(QUEUED_CHUNKS)
         self._lock = threading.Lock()
         self._streams: dict[str, tuple[int, int, int]] = {}  # file -> (start of the run, end of last read, end ahead)
 
@@ -302,35 +306,42 @@ class NetcdfReader:
         self.decoding.close()
 
     def _read_ahead(self, path: str, data: FileData, offset: int, end: int) -> None:
-        """On a read that continues the last one, decode the chunks of the next window in the background.
+        """On a read that continues the run of the last ones, decode the chunks of the next window in the background.
 
-        The window grows with the sequential run (twice what has been read in
-        a row, up to ``readahead``), so a reader that reads the header and then
-        jumps (``ncks -d``) costs at most a few chunks it did not need.
+        The kernel sends the reads of one sequential reader a few at a time and
+        not always in order, so a read counts as continuing a run when it starts
+        within :data:`RUN_SLACK` of the furthest byte read so far. The window
+        grows with the run (twice what has been read in a row, up to
+        ``readahead``), so a reader that reads the header and then jumps
+        (``ncks -d``) costs at most a few chunks it did not need.
         """
         if self.readahead <= 0:
             return
         with self._lock:
-            run_start, last_end, ahead = self._streams.get(path, (offset, -1, 0))
-            if offset != last_end:
+            run_start, furthest, ahead = self._streams.get(path, (offset, -RUN_SLACK - 1, 0))
+            if abs(offset - furthest) > RUN_SLACK:
                 self._streams[path] = (offset, end, 0)
                 return
-            window = min(self.readahead, 2 * (end - run_start))
-            if ahead >= end + window // 2:
-                self._streams[path] = (run_start, end, ahead)
+            furthest = max(furthest, end)
+            window = min(self.readahead, 2 * (furthest - run_start))
+            if ahead >= furthest + window // 2:
+                self._streams[path] = (run_start, furthest, ahead)
                 return
-            start, stop = max(end, ahead), end + window
-            self._streams[path] = (run_start, end, stop)
+            start, stop = max(furthest, ahead), furthest + window
+            self._streams[path] = (run_start, furthest, stop)
         if start >= stop:
             return
+        submitted = 0
         for array, coords in dict.fromkeys(data.chunks_in(start, stop)):
             if not self._slots.acquire(blocking=False):
-                return
+                break
             try:
                 self._pool.submit(self._prefetch, array, coords)
             except RuntimeError:  # shutting down
                 self._slots.release()
-                return
+                break
+            submitted += 1
+        self.metrics.add("netcdf_readahead_chunks", submitted)
 
     def _prefetch(self, array: ArrayCodec, coords: tuple[int, ...]) -> None:
         try:
