@@ -68,6 +68,7 @@ from refmount.read.ranges import clamp_read
 from refmount.refs.model import Inline, Range, Reference, Whole, known_size
 from refmount.refs.tree import Dir, File, Node, ReferenceTree
 from refmount.urls import redact_url
+from refmount.views.nczarr import nczarr_compatible
 from refmount.views.zarr_meta import ArrayCodec, codec_configs, decoded_zarray, is_object_dtype
 
 log = logging.getLogger("refmount.decoded")
@@ -311,39 +312,6 @@ class DecodedTree:
             log.warning("decoded view: .zmetadata could not be rewritten (%s); it is left out of the tree", exc)
             return Inline(EMPTY_CONSOLIDATED)
         return Inline(json.dumps(doc, indent=4).encode()) if rewritten else ref
-
-
-def nczarr_compatible(meta: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...] | None]:
-    """A decoded ``.zarray`` as netCDF-C 4.9's Zarr reader can take it, and the trimmed chunk shape if any.
-
-    netCDF-C 4.9 (``ncdump``, ``nccopy``, Fortran) fails on three shapes of
-    metadata that NCZarr itself never writes, so the view presents them the
-    way NCZarr does:
-
-    * a chunk larger than the array along a dimension (an unlimited ``time``
-      of 6 steps in chunks of 512): ``NetCDF: NCZarr error``. The chunks are
-      trimmed to the shape there; such a dimension has a single chunk, so
-      only that chunk's size changes (it holds the first ``shape`` elements);
-    * a scalar (``shape: []``): a crash. NCZarr writes ``shape: [1]``,
-      ``chunks: [1]`` and ``_NCZARR_ARRAY: {"dimrefs": [], "storage": "scalar"}``;
-      the chunk ``0`` holds the same one element;
-    * a char array (``|S1``): a crash. NCZarr writes char as ``<U1`` with a
-      fill value of ``""``, one byte per element; the bytes are unchanged.
-      (Python Zarr readers of this view then see 1-character unicode.)
-    """
-    out = dict(meta)
-    shape = [int(n) for n in meta.get("shape", [])]
-    chunks = [int(n) for n in meta.get("chunks", [])]
-    shown: tuple[int, ...] | None = None
-    if not shape:
-        out.update(shape=[1], chunks=[1], _NCZARR_ARRAY={"dimrefs": [], "storage": "scalar"})
-    elif len(chunks) == len(shape) and any(0 < n < c for n, c in zip(shape, chunks, strict=True)):
-        trimmed = [n if 0 < n < c else c for n, c in zip(shape, chunks, strict=True)]
-        out["chunks"] = trimmed
-        shown = tuple(trimmed)
-    if isinstance(meta.get("dtype"), str) and meta["dtype"].lstrip("|<>=") == "S1":
-        out.update(dtype="<U1", fill_value="")
-    return out, shown
 
 
 # -- decoded chunk cache and reader -----------------------------------------------

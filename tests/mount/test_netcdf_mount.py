@@ -292,3 +292,18 @@ def test_decoded_view_no_longer_crashes_ncdump(corpus, tmp_path):
         assert re.sub(r"\s+", "", text).count("time=0,6,12,18,24,30;") == 1
         assert json.loads((m.path / "time" / ".zarray").read_text())["chunks"] == [NT]
         assert (m.path / "time" / "0").stat().st_size == 8 * NT
+
+
+def test_a_set_on_s3_reads_through_the_object_store(corpus, local_s3, tmp_path):
+    """The file and its references on the S3 server: the same bytes as from local disk."""
+    local_s3.create_bucket("netcdf-view")
+    url = "s3://netcdf-view/model.nc"
+    local_s3.upload(corpus["model"], url)
+    refs = scan_hdf5(url, storage_options=local_s3.storage_options(), inline_threshold=0).refs
+    local_s3.put("s3://netcdf-view/model.json", json.dumps(refs).encode())
+    options = ["-o", f"view=netcdf,endpoint_url={local_s3.endpoint_url}"]
+    with mounted("s3://netcdf-view/model.json", tmp_path / "mnt", options, env=local_s3.env()) as m:
+        path = str(m.path / "model.nc")
+        for var in ("tas", "packed", "sparse", "name", "time"):
+            assert ncdump_data(path, var) == ncdump_data(str(corpus["model"]), var), var
+

@@ -8,7 +8,8 @@ import numpy as np
 
 from refmount.refs.model import Inline
 from refmount.refs.tree import Namespace
-from refmount.views.decoded import DecodedChunk, DecodedTree, nczarr_compatible
+from refmount.views.decoded import DecodedChunk, DecodedTree
+from refmount.views.nczarr import nczarr_compatible
 from refmount.views.zarr_meta import ArrayCodec
 
 

@@ -95,8 +95,11 @@ class DecodedChunks:
             return _decode_objects(array, data)
         return np.frombuffer(data, array.dtype).reshape(array.chunks, order=array.order)
 
-    def stored_bytes(self, array: ArrayCodec) -> int | None:
-        """Stored size of every chunk of ``array`` (None when some size is unknown without asking the store)."""
+    def stored_bytes(self, array: ArrayCodec, limit: int) -> int | None:
+        """Stored size of the chunks of ``array``, counted until it passes ``limit``.
+
+        None when some size is unknown without asking the store.
+        """
         total = 0
         for name in self.tree.raw.listdir(array.path):
             if name.startswith("."):
@@ -107,6 +110,8 @@ class DecodedChunks:
                 if size is None:
                     return None
                 total += size
+                if total > limit:
+                    break
         return total
 
 
@@ -158,7 +163,15 @@ class NetcdfView:
         return doc if isinstance(doc, dict) else {}
 
     def file(self, group: str) -> FileData:
-        return self._files.get(group, lambda: self._build(group))
+        """The file of ``group``, planned on first use; InvalidReferences (EIO) if it cannot be planned."""
+        return self._files.get(group, lambda: self._planned(group))
+
+    def _planned(self, group: str) -> FileData:
+        try:
+            return self._build(group)
+        except (ValueError, OSError) as exc:  # unreadable group metadata, or data a forced format cannot hold
+            log.error("netcdf view: group %s cannot be presented: %s", group or "/", exc)
+            raise InvalidReferences(f"netcdf view: group {group or '/'}: {exc}") from None
 
     def _build(self, group: str) -> FileData:
         metas: list[ArrayMeta] = []
@@ -187,10 +200,10 @@ class NetcdfView:
         """The longest string of an object array, read from its data when that is small enough."""
         if array.problems:
             return "; ".join(array.problems)
-        stored = self.chunks.stored_bytes(array)
+        stored = self.chunks.stored_bytes(array, STRING_SCAN_LIMIT)
         if stored is None or stored > STRING_SCAN_LIMIT:
-            return (f"finding the longest string means reading all {stored} stored bytes, over the "
-                    f"{STRING_SCAN_LIMIT} byte limit" if stored is not None else "chunk sizes unknown")
+            return (f"finding the longest string means reading more than {STRING_SCAN_LIMIT} stored bytes"
+                    if stored is not None else "chunk sizes unknown without asking the store")
         longest = 0
         grid = [range(max(1, -(-n // c))) for n, c in zip(array.shape, array.chunks, strict=True)]
         for coords in np.ndindex(*[len(r) for r in grid]) if grid else [()]:
