@@ -27,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import netCDF4
 import numpy as np
 import pytest
@@ -306,4 +307,33 @@ def test_a_set_on_s3_reads_through_the_object_store(corpus, local_s3, tmp_path):
         path = str(m.path / "model.nc")
         for var in ("tas", "packed", "sparse", "name", "time"):
             assert ncdump_data(path, var) == ncdump_data(str(corpus["model"]), var), var
+
+
+H5PY_DATA = Path(h5py.__file__).parent / "tests" / "data_files"
+
+
+def test_hdf5_files_of_other_producers(tmp_path):
+    """h5py's test files (not netCDF): big- and little-endian numbers, vlen strings, complex numbers left out."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    names = ("vlen_string_s390x", "vlen_string_dset", "compound-dtype-complex")
+    for name in names:
+        (refs / f"{name}.json").write_text(json.dumps(scan_hdf5(str(H5PY_DATA / f"{name}.h5"), inline_threshold=0).refs))
+    with mounted(refs, tmp_path / "mnt", ["-o", "view=netcdf"]) as m:
+        for name in names:
+            path = str(m.path / name / f"{name}.nc")
+            run("ncdump", path)  # the whole file prints
+            with h5py.File(H5PY_DATA / f"{name}.h5") as want, netCDF4.Dataset(path) as got:
+                for var in got.variables:
+                    expected = want[var][...]
+                    if expected.dtype.kind == "O":
+                        values = got[var][:]
+                        if values.dtype.kind == "S":  # bytes strings: rows of chars, no _Encoding
+                            values = netCDF4.chartostring(values, encoding="utf-8")
+                        texts = [v.decode() if isinstance(v, bytes) else v for v in expected]
+                        assert list(values) == texts, (name, var)
+                    else:
+                        np.testing.assert_array_equal(got[var][:], expected, err_msg=f"{name}:{var}")
+                left_out = getattr(got, "refmount_left_out", "")
+                assert ("c16: complex numbers" in left_out) == (name == "compound-dtype-complex")
 
