@@ -12,7 +12,6 @@ written reads as the variable's fill value.
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -133,7 +132,3 @@ def _utf8(value: Any) -> bytes:
 def longest_string(values: np.ndarray[Any, Any]) -> int:
     """Bytes of the longest string (UTF-8) among object elements."""
     return max((len(_utf8(v)) for v in values.ravel()), default=0)
-
-
-def chunk_count(array: ArrayCodec) -> int:
-    return math.prod(max(1, -(-n // c)) for n, c in zip(array.shape, array.chunks, strict=True))
