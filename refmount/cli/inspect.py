@@ -3,7 +3,8 @@
 Loading goes through exactly the code a mount uses, so a set that inspects
 cleanly mounts cleanly. The summary lists every array with its codecs and
 whether each codec is installed, which tells a user before mounting what a
-reader will be able to decode.
+reader will be able to decode, what netCDF-C still cannot read through the
+decoded view, and which files the netCDF view shows and what they leave out.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any
 import numcodecs
 
 from refmount.config.options import MountConfig, backend_options
-from refmount.mount.assemble import reference_storage_options
+from refmount.mount.assemble import reference_storage_options, single_set_name
 from refmount.refs.model import Inline, Range, Reference, Whole
 from refmount.refs.open import open_reference_set
 from refmount.refs.tree import ReferenceTree
 from refmount.store.policy import UrlPolicy
 from refmount.urls import protocol_of, redact_url
+from refmount.views.netcdf.report import FileReport, netcdf_c_problem, netcdf_files
 from refmount.views.zarr3_meta import NotTranslatable, array_metadata
 from refmount.views.zarr_meta import is_object_dtype, unavailable_codecs
 
@@ -39,6 +41,7 @@ class ArraySummary:
     chunk_keys: int = 0
     decoded_view: str = ""  # what -o view=decoded presents for this array
     zarr3_view: str = ""  # the codecs of its zarr.json under -o zarr_format=3, or why it gets none
+    netcdf_c: str = ""  # why netCDF-C cannot read it through the decoded view ('' if it can)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Summary:
     protocols: dict[str, int] = field(default_factory=dict)
     refused_urls: int = 0
     arrays: list[ArraySummary] = field(default_factory=list)
+    netcdf_files: list[FileReport] = field(default_factory=list)  # what -o view=netcdf shows
 
 
 def codec_ids(zarray: dict[str, Any]) -> list[str]:
@@ -80,13 +84,20 @@ def missing_codecs(ids: list[str]) -> list[str]:
 
 
 def summarise(
-    source: str, refs: Mapping[str, Reference] | Iterable[tuple[str, Reference]], namespace: ReferenceTree, policy: UrlPolicy
+    source: str, refs: Mapping[str, Reference] | Iterable[tuple[str, Reference]], namespace: ReferenceTree, policy: UrlPolicy,
+    *, set_name: str = "data", netcdf_format: str = "auto",
 ) -> Summary:
-    """One streaming pass over ``refs`` (a mapping, or an iterable of (key, reference) pairs)."""
+    """One streaming pass over ``refs`` (a mapping, or an iterable of (key, reference) pairs).
+
+    ``set_name`` and ``netcdf_format`` say how the netCDF view would name
+    and write the set's files (inline metadata only).
+    """
     summary = Summary(source=redact_url(source), keys=0, directories=namespace.directory_count)
     urls: set[str] = set()
     chunk_counts: Counter[str] = Counter()
     zarrays: list[tuple[str, bytes]] = []
+    docs: dict[str, Any] = {}
+    stored: Counter[str] = Counter()
     for key, ref in refs.items() if isinstance(refs, Mapping) else refs:
         summary.keys += 1
         parent, _, name = key.rpartition("/")
@@ -97,9 +108,15 @@ def summarise(
             summary.inline_bytes += len(ref.data)
             if name == ".zarray":
                 zarrays.append((key, ref.data))
+            if name in (".zarray", ".zattrs", ".zgroup"):
+                docs[key] = _parsed(ref.data)
+            elif not name.startswith("."):
+                stored[parent] += len(ref.data)
         elif isinstance(ref, Range):
             summary.ranges += 1
             summary.range_bytes += ref.length
+            if not name.startswith("."):
+                stored[parent] += ref.length
             urls.add(ref.url)
         elif isinstance(ref, Whole):
             summary.whole_objects += 1
@@ -120,10 +137,19 @@ def summarise(
                 name=name, shape=meta.get("shape", []), chunks=meta.get("chunks", []), dtype=meta.get("dtype"),
                 codecs=ids, missing_codecs=missing, chunk_keys=chunk_counts.get(name.strip("/"), 0),
                 decoded_view=_decoded_view_note(meta, ids, missing),
-                zarr3_view=_zarr3_view_note(meta),
+                zarr3_view=_zarr3_view_note(meta), netcdf_c=netcdf_c_problem(meta),
             )
         )
+    summary.netcdf_files = netcdf_files(set_name, docs, stored, netcdf_format)
     return summary
+
+
+def _parsed(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _decoded_view_note(meta: dict[str, Any], ids: list[str], missing: list[str]) -> str:
@@ -163,10 +189,18 @@ def render(summary: Summary) -> str:
                 note += f"  decoded view {array.decoded_view}"
             if array.zarr3_view.startswith("no zarr.json"):
                 note += f"  zarr v3 view: {array.zarr3_view}"
+            if array.netcdf_c:
+                note += f"  NETCDF-C CANNOT READ (decoded view): {array.netcdf_c}"
             lines.append(
                 f"  {array.name:<24} {str(array.dtype):<8} shape={array.shape} chunks={array.chunks} "
                 f"codecs={codecs} chunk-keys={array.chunk_keys}{note}"
             )
+    if summary.netcdf_files:
+        lines.append("netcdf view (-o view=netcdf):")
+        for report in summary.netcdf_files:
+            lines.append(f"  {report.name:<24} {report.format}, {len(report.variables)} variables")
+            lines.extend(f"    left out: {item}" for item in report.left_out)
+            lines.extend(f"    note: {item}" for item in report.notes)
     return "\n".join(lines)
 
 
@@ -174,7 +208,8 @@ def run_inspect(config: MountConfig, *, as_json: bool = False) -> int:
     """Print the summary; exit 1 when something would not read, 0 when all is well."""
 
     _, namespace = open_reference_set(config.source, reference_storage_options(config))
-    summary = summarise(config.source, namespace.iter_references(), namespace, backend_options(config).policy)
+    summary = summarise(config.source, namespace.iter_references(), namespace, backend_options(config).policy,
+                        set_name=single_set_name(config.source), netcdf_format=config.netcdf_format)
     if as_json:
         print(json.dumps(asdict(summary), indent=2, default=str))
     else:

@@ -25,8 +25,8 @@ from refmount.errors import ConfigError
 from refmount.read.tiers.shared import split_shared_url
 from refmount.store.options import BackendOptions
 from refmount.store.policy import UrlPolicy
+from refmount.views.present import parse_netcdf_format, parse_zarr_format
 from refmount.views.present import parse_view as parse
-from refmount.views.present import parse_zarr_format
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -140,10 +140,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
     Option("umask", parse_octal, 0o222, "permission bits to clear from 0777 (files lose x as well)", "OCTAL"),
-    Option("view", parse_view, "raw", "raw (chunk bytes as referenced) or decoded (chunks decoded, codec-free "
-           ".zarray, for netCDF-C, GDAL and other readers without the codecs)", "raw|decoded"),
+    Option("view", parse_view, "raw", "raw (chunk bytes as referenced), decoded (chunks decoded, codec-free "
+           ".zarray, for netCDF-C, GDAL and other readers without the codecs) or netcdf (each group a virtual "
+           "netCDF classic file, for every netCDF tool)", "raw|decoded|netcdf"),
     Option("zarr_format", parse_zarr_format, 2, "2 (the set's Zarr v2 metadata) or 3 (also a zarr.json beside every "
            ".zgroup and .zarray, for Zarr v3 readers: zarr-python 3, tensorstore, zarrs; the v2 files stay)", "2|3"),
+    Option("netcdf_format", parse_netcdf_format, "auto", "format of the files of view=netcdf: auto (CDF-2, or "
+           "CDF-5 when a variable needs unsigned or 64-bit integers or more than 4 GiB), cdf1, cdf2 or cdf5 "
+           "(variables the format cannot hold are left out)", "auto|cdf1|cdf2|cdf5"),
     # FUSE
     Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
     Option("allow_private_files", parse_bool, False, "with allow_other, also serve local files that are not "
@@ -256,6 +260,7 @@ class MountConfig:
     umask: int = 0o222
     view: str = "raw"
     zarr_format: int = 2
+    netcdf_format: str = "auto"
     allow_other: bool = False
     allow_private_files: bool = False
     default_permissions: bool = True

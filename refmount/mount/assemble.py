@@ -38,9 +38,11 @@ from refmount.read.tiers.shared import shared_storage_options
 from refmount.refs.collection import (
     JSON_SUFFIXES,
     PARQUET_MARKER,
+    PARQUET_SUFFIXES,
     SetSource,
     discover,
     is_collection,
+    set_name,
 )
 from refmount.refs.open import open_reference_set
 from refmount.store.addresses import refusal
@@ -119,7 +121,8 @@ def open_tree(config: MountConfig) -> ServedTree:
         backend.connect(allowed)
         reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
         shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url,
-                                      zarr_format=config.zarr_format)
+                                     zarr_format=config.zarr_format, name=source.name or single_set_name(config.source),
+                                     netcdf_format=config.netcdf_format, readahead=config.readahead)
         fs = RefFilesystem(shown, view_reader, owner, mtime)
         log.info("loaded %s: %d keys, %d directories in %.2f s", source.name or redact_url(source.url),
                  len(namespace), namespace.directory_count, time.monotonic() - loaded_at)
@@ -142,6 +145,18 @@ def open_tree(config: MountConfig) -> ServedTree:
         log.info("serving %d reference sets from %s (loaded on first use) after %.2f s",
                  int(metrics.snapshot()["sets"]), redact_url(config.source), time.monotonic() - started)
     return ServedTree(router, backend, cache, metrics)
+
+
+def single_set_name(source: str) -> str:
+    """What the files of a single set's netCDF view are named after: ``s3://b/era5.json`` -> ``era5`` (``era5.nc``)."""
+    base = posixpath.basename(source.rstrip("/")) or "data"
+    named = set_name(base)
+    if named is not None:
+        return named[0]
+    for suffix in PARQUET_SUFFIXES:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def foreign_buckets(source_url: str, urls: list[str]) -> list[str]:

@@ -53,9 +53,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
+
+import numpy as np
 
 from refmount.errors import NotADirectory, NotFound, UnsupportedCodec
 from refmount.metrics import Metrics
@@ -65,6 +68,7 @@ from refmount.read.ranges import clamp_read
 from refmount.refs.model import Inline, Range, Reference, Whole, known_size
 from refmount.refs.tree import Dir, File, Node, ReferenceTree
 from refmount.urls import redact_url
+from refmount.views.nczarr import nczarr_compatible
 from refmount.views.zarr_meta import ArrayCodec, codec_configs, decoded_zarray, is_object_dtype
 
 log = logging.getLogger("refmount.decoded")
@@ -83,10 +87,20 @@ class DecodedChunk:
     source: Reference
     array: ArrayCodec
     coords: tuple[int, ...]
+    shown: tuple[int, ...] | None = None  # the chunk shape presented, when trimmed to the array's shape
 
     @property
     def size(self) -> int:
+        if self.shown is not None:
+            return self.array.dtype.itemsize * math.prod(self.shown)
         return self.array.chunk_nbytes
+
+    def trimmed(self, data: bytes) -> bytes:
+        """The full decoded chunk cut to the presented shape (the chunk of an array smaller than one chunk)."""
+        if self.shown is None:
+            return data
+        full = np.frombuffer(data, self.array.dtype).reshape(self.array.chunks, order=self.array.order)
+        return full[tuple(slice(0, n) for n in self.shown)].tobytes(order=self.array.order)
 
     def describe(self) -> dict[str, str]:
         """Extended attributes: where the bytes come from and how they are decoded."""
@@ -124,6 +138,7 @@ class _ArrayView:
     is_array: bool  # the directory holds a .zarray (its chunks belong to it, not to an outer array)
     codec: ArrayCodec | None = None  # None: not an array, or an array presented raw
     zarray: Inline | None = None  # the rewritten .zarray; None: the raw one is shown
+    shown_chunks: tuple[int, ...] | None = None  # chunks trimmed to the shape (see nczarr_compatible)
 
     @property
     def decoded_meta(self) -> dict[str, Any] | None:
@@ -150,8 +165,10 @@ class DecodedTree:
         *,
         chunk_cache_capacity: int | None = None,
         arrays_kept: int = ARRAYS_KEPT,
+        nczarr: bool = True,
     ) -> None:
         self.raw = raw
+        self._nczarr = nczarr
         self._read_meta = read_meta
         self._chunk_cache_capacity = chunk_cache_capacity
         self._arrays: OnceCache[str, _ArrayView] = OnceCache(arrays_kept)
@@ -212,9 +229,10 @@ class DecodedTree:
         coords = codec.coords_of(owner[1])
         if coords is None:
             return ref
-        if not codec.configs and known_size(ref) == codec.chunk_nbytes:
+        shown = owner[0].shown_chunks
+        if shown is None and not codec.configs and known_size(ref) == codec.chunk_nbytes:
             return ref  # already what the view presents: served straight from the block cache
-        return _in_place_of_a_reference(DecodedChunk(ref, codec, coords))
+        return _in_place_of_a_reference(DecodedChunk(ref, codec, coords, shown))
 
     def _owning_array(self, key: str) -> tuple[_ArrayView, str] | None:
         """The deepest array whose directory holds ``key``, and the key relative to it."""
@@ -252,7 +270,11 @@ class DecodedTree:
             log.warning("decoded view: %s presented raw: cannot read its .zarray: %s", key, exc)
             return _PRESENTED_RAW
         self._log_array(name, codec)
-        return _ArrayView(True, codec, Inline(json.dumps(decoded_zarray(meta), indent=4).encode()))
+        presented = decoded_zarray(meta)
+        shown: tuple[int, ...] | None = None
+        if self._nczarr:
+            presented, shown = nczarr_compatible(presented)
+        return _ArrayView(True, codec, Inline(json.dumps(presented, indent=4).encode()), shown)
 
     def _log_array(self, name: str, codec: ArrayCodec) -> None:
         """The one line an array gets in the log, when the view first reads its metadata."""
@@ -394,7 +416,7 @@ class DecodingReader:
             if ref.array.problems:  # fail before fetching anything
                 raise UnsupportedCodec(f"{path}: cannot decode: {'; '.join(ref.array.problems)}")
             raw = self.raw.read(File(path, ref.source), 0, self.raw.size(ref.source))
-            data = ref.array.decode(path, raw, ref.coords)
+            data = ref.trimmed(ref.array.decode(path, raw, ref.coords))
         except Exception:
             self.metrics.add("decode_errors")
             raise
