@@ -129,6 +129,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
     Option("umask", parse_octal, 0o222, "permission bits to clear from 0777 (files lose x as well)", "OCTAL"),
+    Option("max_decoded_chunk", parse_size, 256 << 20, "largest chunk the decoded view decodes, checked before "
+           "decoding (from the chunk shape) and while decompressing; larger ones read as EIO", "SIZE"),
     Option("view", parse_view, "raw", "raw (chunk bytes as referenced) or decoded (chunks decoded, codec-free "
            ".zarray, for netCDF-C, GDAL and other readers without the codecs)", "raw|decoded"),
     # FUSE
@@ -237,6 +239,7 @@ class MountConfig:
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222
+    max_decoded_chunk: int = 256 << 20
     view: str = "raw"
     allow_other: bool = False
     allow_private_files: bool = False
@@ -263,6 +266,8 @@ class MountConfig:
             raise ConfigError("option timeout: must be positive")
         if self.retries < 1:
             raise ConfigError("option retries: must be at least 1")
+        if self.max_decoded_chunk <= 0:
+            raise ConfigError("option max_decoded_chunk: must be positive")
         if self.record_cache < 0:
             raise ConfigError("option record_cache: must be 0 or more record files")
         if self.max_concurrency < 1:
