@@ -24,11 +24,12 @@ __all__ = ["MAX_EXPRESSION_CHARS", "MAX_GENERATED_KEYS", "expand_gens"]
 
 #: Most keys all ``gen`` entries of one set may produce together. A few
 #: hundred bytes of input can ask for any number of keys, and each costs some
-#: 350 bytes while the set is built (a million: about 400 MB resident and
-#: 5 s at mount, measured), so the limit keeps a tiny hostile set from costing
-#: gigabytes. A larger set can be written out with explicit ``refs`` or in the
+#: 400 bytes at the peak of building the set (a million took the daemon to
+#: 470 MB; this limit to some 270 MB and a few seconds, measured by
+#: tests/mount/test_resource_bounds_mount.py), so a tiny hostile set cannot
+#: cost gigabytes. A larger set can be written out with explicit ``refs`` or in the
 #: Parquet layout, whose cost is then visible in its own size.
-MAX_GENERATED_KEYS = 1_000_000
+MAX_GENERATED_KEYS = 500_000
 
 #: Longest ``{{ expression }}`` accepted in a generator pattern.
 MAX_EXPRESSION_CHARS = 256
@@ -106,8 +107,8 @@ def _expand_gen(
     dim_names = [name for name, _ in dimensions]
     base: dict[str, int | str] = dict(templates)
     url_cache: dict[str, str] = {}
+    env = base  # one mapping, its dimension values replaced per key: nothing keeps it between keys
     for values in itertools.product(*(values for _, values in dimensions)):
-        env = base.copy()
         env.update(zip(dim_names, values, strict=False))
         try:
             key = key_of(env)
@@ -237,10 +238,20 @@ def _compile_pattern(
             return lambda env: only
         return lambda env: _render(only(env))
 
+    pieces = tuple((lambda env, text=part: text) if isinstance(part, str) else _rendering(part) for part in parts)
+
     def render(env: Env) -> str:
-        return "".join(part if isinstance(part, str) else _render(part(env)) for part in parts)
+        return "".join([piece(env) for piece in pieces])
 
     return render
+
+
+def _rendering(evaluate: Evaluator) -> Callable[[Env], str]:
+    def rendered(env: Env) -> str:
+        value = evaluate(env)
+        return value if type(value) is str else _render(value)
+
+    return rendered
 
 
 def _render(value: int | str) -> str:
