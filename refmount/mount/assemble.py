@@ -76,7 +76,8 @@ def open_tree(config: MountConfig) -> ServedTree:
     raw_budget, decoded_budget = cache_budgets(config.view, config.cache_size, config.block_size)
     cache = BlockCache(backend, capacity=raw_budget, block_size=config.block_size,
                        max_request=config.max_request, metrics=metrics)
-    chunk_cache = DecodedChunkCache(decoded_budget, metrics, max_chunk=config.max_decoded_chunk)  # one budget for every set, as the block cache
+    # one budget for every set, as the block cache
+    chunk_cache = DecodedChunkCache(decoded_budget, metrics, max_chunk=config.max_decoded_chunk)
     storage = reference_storage_options(config)
     uid, gid = config.owner
     owner = TreeOwner(uid, gid, config.umask)

@@ -24,7 +24,7 @@ import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import fsspec
@@ -212,7 +212,14 @@ MAX_DECOMPRESSED_BYTES = 256 << 20
 _STREAM_PIECE = 1 << 20
 
 
-def _zstd_reader(data: bytes) -> BinaryIO:
+class _Stream(Protocol):
+    """What the decompressors' file objects offer: pieces of the output, then closing."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def _zstd_reader(data: bytes) -> _Stream:
     try:
         import zstandard
     except ImportError:
@@ -221,11 +228,11 @@ def _zstd_reader(data: bytes) -> BinaryIO:
             "(pip install 'refmount[zstd]' or pip install zstandard)"
         ) from None
     # Streaming: frames written without a content size cannot use decompress().
-    reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    reader: _Stream = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
     return reader
 
 
-_DECOMPRESSORS: dict[str, tuple[str, Callable[[bytes], BinaryIO]]] = {
+_DECOMPRESSORS: dict[str, tuple[str, Callable[[bytes], _Stream]]] = {
     ".gz": ("gzip", lambda data: gzip.GzipFile(fileobj=io.BytesIO(data))),
     ".bz2": ("bzip2", lambda data: bz2.BZ2File(io.BytesIO(data))),
     ".xz": ("xz", lambda data: lzma.LZMAFile(io.BytesIO(data))),
@@ -256,7 +263,8 @@ def decompress(data: bytes, path: str, shown: str | None = None, *, limit: int |
         if lowered.endswith(extension):
             out = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the document
             try:
-                with opener(data) as stream:
+                stream = opener(data)
+                try:
                     while True:
                         piece = stream.read(min(_STREAM_PIECE, cap + 1 - out.tell()))
                         if not piece:
@@ -267,6 +275,8 @@ def decompress(data: bytes, path: str, shown: str | None = None, *, limit: int |
                                 f"reference file {shown or path} decompresses to more than {cap} bytes, the limit "
                                 f"for a compressed reference file: store it uncompressed or in the Parquet layout"
                             )
+                finally:
+                    stream.close()
             except _decode_errors() as exc:
                 raise InvalidReferences(
                     f"reference file {shown or path} is not valid {name} data: {exc}"
