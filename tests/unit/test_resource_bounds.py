@@ -38,7 +38,7 @@ from refmount.refs.parquet.tree import ParquetNamespace, grid_names
 from refmount.refs.relative import resolve_relative, set_base
 from refmount.refs.source import MAX_DECOMPRESSED_BYTES, decompress, load_references
 from refmount.store.retry import is_transient
-from refmount.views.decoded import check_expansion
+from refmount.views.expansion import check_expansion
 
 ROOT = Path(__file__).resolve().parents[2]
 
