@@ -148,6 +148,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("netcdf_format", parse_netcdf_format, "auto", "format of the files of view=netcdf: auto (CDF-2, or "
            "CDF-5 when a variable needs unsigned or 64-bit integers or more than 4 GiB), cdf1, cdf2 or cdf5 "
            "(variables the format cannot hold are left out)", "auto|cdf1|cdf2|cdf5"),
+    Option("max_decoded_chunk", parse_size, 256 << 20, "largest chunk the decoded view decodes, checked before "
+           "decoding (from the chunk shape) and while decompressing; larger ones read as EIO", "SIZE"),
     # FUSE
     Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
     Option("allow_private_files", parse_bool, False, "with allow_other, also serve local files that are not "
@@ -258,6 +260,7 @@ class MountConfig:
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222
+    max_decoded_chunk: int = 256 << 20
     view: str = "raw"
     zarr_format: int = 2
     netcdf_format: str = "auto"
@@ -290,6 +293,8 @@ class MountConfig:
             raise ConfigError("option disk_cache_size: must hold at least one block (block_size)")
         if self.shared_cache is not None:
             split_shared_url(self.shared_cache)
+        if self.max_decoded_chunk <= 0:
+            raise ConfigError("option max_decoded_chunk: must be positive")
         if self.record_cache < 0:
             raise ConfigError("option record_cache: must be 0 or more record files")
         if self.max_concurrency < 1:

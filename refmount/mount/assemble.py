@@ -89,7 +89,8 @@ def open_tree(config: MountConfig) -> ServedTree:
         timeout=min(config.timeout, 10.0), queue_bytes=max(4 * config.block_size, raw_budget // 8))
     cache = BlockCache(backend, capacity=raw_budget, block_size=config.block_size,
                        max_request=config.max_request, metrics=metrics, tiers=tiers, versions=backend.version_of)
-    chunk_cache = DecodedChunkCache(decoded_budget, metrics)  # one budget for every set, as the block cache
+    # one budget for every set, as the block cache
+    chunk_cache = DecodedChunkCache(decoded_budget, metrics, max_chunk=config.max_decoded_chunk)
     storage = reference_storage_options(config)
     uid, gid = config.owner
     owner = TreeOwner(uid, gid, config.umask)

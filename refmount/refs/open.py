@@ -35,6 +35,7 @@ from refmount.refs.compact import CompactNamespace
 from refmount.refs.icechunk import is_repository
 from refmount.refs.keys import ZMETADATA
 from refmount.refs.parquet.layout import DEFAULT_RECORD_CACHE
+from refmount.refs.relative import set_base
 from refmount.refs.tree import ReferenceTree
 from refmount.urls import absolute_path, is_plain_path, protocol_of, redact_url
 
@@ -131,7 +132,9 @@ def open_reference_set(
 
         meta_path = f"{path}/{ZMETADATA}"
         data = source._call(lambda: fs.cat_file(meta_path), "read", f"{shown}/{ZMETADATA}", options)
-        parquet = ParquetNamespace(fs, path, bytes(data), shown=shown, record_cache=record_cache)
+        names_metadata = url.split("?", 1)[0].rstrip("/").endswith(f"/{ZMETADATA}")
+        base = set_base(url) if names_metadata else set_base(url, is_directory=True)
+        parquet = ParquetNamespace(fs, path, bytes(data), shown=shown, record_cache=record_cache, base=base)
         return ReferenceSetInfo(url, "parquet", mtime), parquet
     sources, namespace = _load_json(url, options)
     return ReferenceSetInfo(url, "json", mtime, sources), namespace

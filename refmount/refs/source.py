@@ -18,12 +18,13 @@ import bz2
 import datetime as _dt
 import email.utils
 import gzip
+import io
 import lzma
 import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import fsspec
@@ -31,9 +32,10 @@ import fsspec
 from refmount.errors import BackendError, ConfigError, InvalidReferences
 from refmount.refs.kerchunk.parse import parse_reference_document
 from refmount.refs.model import Reference
+from refmount.refs.relative import set_base
 from refmount.urls import absolute_path, is_plain_path, redact_url
 
-__all__ = ["ReferenceFile", "load_references", "read_reference_file"]
+__all__ = ["MAX_DECOMPRESSED_BYTES", "ReferenceFile", "load_references", "read_reference_file"]
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,11 @@ def load_references(
 
     Parse errors are prefixed with the file's URL (the operator may mount
     several sets); the offending key stays available as ``error.key``.
+    Relative URLs in the set resolve against the file's directory.
     """
     ref_file = read_reference_file(url, storage_options)
     try:
-        references, sources = parse_reference_document(ref_file.data)
+        references, sources = parse_reference_document(ref_file.data, base_url=set_base(ref_file.url))
     except InvalidReferences as exc:
         error = InvalidReferences(f"in {redact_url(ref_file.url)}: {exc}")
         error.key = exc.key
@@ -199,8 +202,24 @@ def _path_part(url: str) -> str:
 # --------------------------------------------------------------------------
 # Decompression
 
+#: Most bytes a compressed reference file may decompress to. A few MB of
+#: gzip can hold gigabytes of whitespace; streaming with this cap keeps the
+#: cost of loading a set proportional to what the operator could have meant.
+#: A larger set can be stored uncompressed (its size is then the file's own)
+#: or in the Parquet layout.
+MAX_DECOMPRESSED_BYTES = 256 << 20
 
-def _zstd_decompress(data: bytes) -> bytes:
+_STREAM_PIECE = 1 << 20
+
+
+class _Stream(Protocol):
+    """What the decompressors' file objects offer: pieces of the output, then closing."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def _zstd_reader(data: bytes) -> _Stream:
     try:
         import zstandard
     except ImportError:
@@ -208,33 +227,61 @@ def _zstd_decompress(data: bytes) -> bytes:
             "reading a .zst reference file needs the 'zstandard' package "
             "(pip install 'refmount[zstd]' or pip install zstandard)"
         ) from None
-    try:
-        # Streaming: frames written without a content size cannot use decompress().
-        reader = zstandard.ZstdDecompressor().decompressobj()
-        return reader.decompress(data) + reader.flush()
-    except zstandard.ZstdError as exc:
-        raise ValueError(str(exc)) from None
+    # Streaming: frames written without a content size cannot use decompress().
+    reader: _Stream = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    return reader
 
 
-_DECOMPRESSORS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
-    ".gz": ("gzip", gzip.decompress),
-    ".bz2": ("bzip2", bz2.decompress),
-    ".xz": ("xz", lzma.decompress),
-    ".zst": ("zstandard", _zstd_decompress),
+_DECOMPRESSORS: dict[str, tuple[str, Callable[[bytes], _Stream]]] = {
+    ".gz": ("gzip", lambda data: gzip.GzipFile(fileobj=io.BytesIO(data))),
+    ".bz2": ("bzip2", lambda data: bz2.BZ2File(io.BytesIO(data))),
+    ".xz": ("xz", lambda data: lzma.LZMAFile(io.BytesIO(data))),
+    ".zst": ("zstandard", _zstd_reader),
 }
 
 
-def decompress(data: bytes, path: str, shown: str | None = None) -> bytes:
-    """Decompress ``data`` according to the extension of ``path``; other files pass through."""
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+def decompress(data: bytes, path: str, shown: str | None = None, *, limit: int | None = None) -> bytes:
+    """Decompress ``data`` according to the extension of ``path``; other files pass through.
+
+    The output is produced in pieces and refused (naming the file and the
+    limit) as soon as it would exceed ``limit`` bytes
+    (:data:`MAX_DECOMPRESSED_BYTES` by default), so a decompression bomb costs
+    at most the limit, never its declared size.
+    """
     lowered = path.lower()
-    for extension, (name, function) in _DECOMPRESSORS.items():
+    cap = MAX_DECOMPRESSED_BYTES if limit is None else limit
+    for extension, (name, opener) in _DECOMPRESSORS.items():
         if lowered.endswith(extension):
+            out = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the document
             try:
-                return function(data)
-            except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+                stream = opener(data)
+                try:
+                    while True:
+                        piece = stream.read(min(_STREAM_PIECE, cap + 1 - out.tell()))
+                        if not piece:
+                            break
+                        out.write(piece)
+                        if out.tell() > cap:
+                            raise InvalidReferences(
+                                f"reference file {shown or path} decompresses to more than {cap} bytes, the limit "
+                                f"for a compressed reference file: store it uncompressed or in the Parquet layout"
+                            )
+                finally:
+                    stream.close()
+            except _decode_errors() as exc:
                 raise InvalidReferences(
                     f"reference file {shown or path} is not valid {name} data: {exc}"
                 ) from None
+            return out.getvalue()
     return data
 
 

@@ -3,7 +3,8 @@
 Pure decisions over exceptions (no I/O), so the rule is in one place and
 reads as a rule. Worth another attempt: everything except what a retry
 cannot change: a missing object, denied access, a refused URL, a changed
-object, a client error (4xx other than 408 and 429), and a body *longer*
+object, a client error (4xx other than 408 and 429, or botocore's missing
+credentials and request validation), and a body *longer*
 than asked (the server ignores Range, and will again). A body cut short is
 retried, unless the object is known to end before the range does.
 
@@ -34,6 +35,14 @@ from refmount.errors import BackendError, ForbiddenURL, NotFound, StaleObject
 
 #: HTTP statuses of client errors that a retry can cure.
 _RETRYABLE_4XX = frozenset({408, 429})
+
+#: Client-side failures of botocore (matched by class name, so botocore need not be imported) that
+#: a retry cannot cure: no or partial credentials, a request the client itself refuses to build.
+_NON_RETRYABLE_NAMES = frozenset({
+    "NoCredentialsError", "PartialCredentialsError", "ParamValidationError", "NoRegionError",
+    "InvalidRegionError", "UnknownSignatureVersionError", "ProfileNotFound", "InvalidConfigError",
+    "UnknownServiceError", "UnknownCredentialError",
+})
 
 
 class WrongLength(BackendError):
@@ -87,6 +96,8 @@ def is_transient(exc: BaseException) -> bool:
         return not exc.oversized
     if type(exc).__name__ == "TooManyRedirects":
         return False  # aiohttp's: a redirect loop stays one
+    if any(cls.__name__ in _NON_RETRYABLE_NAMES for cls in type(exc).__mro__):
+        return False  # missing credentials or a malformed request stay so
     status = http_status(exc)
     if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
         return False

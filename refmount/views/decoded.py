@@ -60,7 +60,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from refmount.errors import NotADirectory, NotFound, UnsupportedCodec
+from refmount.errors import DecodeError, NotADirectory, NotFound, UnsupportedCodec
 from refmount.metrics import Metrics
 from refmount.once import OnceCache
 from refmount.read.cache import BlockCache
@@ -68,6 +68,7 @@ from refmount.read.ranges import clamp_read
 from refmount.refs.model import Inline, Range, Reference, Whole, known_size
 from refmount.refs.tree import Dir, File, Node, ReferenceTree
 from refmount.urls import redact_url
+from refmount.views.expansion import check_expansion
 from refmount.views.nczarr import nczarr_compatible
 from refmount.views.zarr_meta import ArrayCodec, codec_configs, decoded_zarray, is_object_dtype
 
@@ -75,6 +76,9 @@ log = logging.getLogger("refmount.decoded")
 
 #: How many arrays' metadata the view keeps parsed (an array is a few hundred bytes here).
 ARRAYS_KEPT = 4096
+
+#: Largest decoded chunk the view produces (option ``max_decoded_chunk``); a larger one reads as EIO.
+DEFAULT_MAX_DECODED_CHUNK = 256 << 20
 
 #: ``.zmetadata`` of the view when the set's own cannot be read or rewritten.
 EMPTY_CONSOLIDATED = b'{"metadata": {}, "zarr_consolidated_format": 1}'
@@ -327,7 +331,10 @@ class DecodedChunkCache:
     may be counted as a wait).
     """
 
-    def __init__(self, capacity: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, capacity: int, metrics: Metrics | None = None, *, max_chunk: int = DEFAULT_MAX_DECODED_CHUNK
+    ) -> None:
+        self.max_chunk = max_chunk  # the largest chunk decoded at all (option max_decoded_chunk)
         self.metrics = metrics or Metrics()
         self._chunks: OnceCache[tuple[str, str], bytes] = OnceCache(capacity, len)
         self.metrics.gauge("decoded_cache_bytes", lambda: self._chunks.size)
@@ -415,10 +422,19 @@ class DecodingReader:
         try:
             if ref.array.problems:  # fail before fetching anything
                 raise UnsupportedCodec(f"{path}: cannot decode: {'; '.join(ref.array.problems)}")
+            limit = self.chunks.max_chunk
+            if ref.size > limit:  # from the declared chunk shape: nothing fetched, nothing decoded
+                raise DecodeError(
+                    f"{path}: a decoded chunk of {ref.size} bytes exceeds max_decoded_chunk ({limit} bytes); "
+                    "raise -o max_decoded_chunk to read it"
+                )
             raw = self.raw.read(File(path, ref.source), 0, self.raw.size(ref.source))
+            compressor = ref.array.configs[-1].get("id") if ref.array.configs else None
+            check_expansion(path, compressor, raw, limit)
             data = ref.trimmed(ref.array.decode(path, raw, ref.coords))
         except Exception:
             self.metrics.add("decode_errors")
             raise
         self.metrics.add_many((("decodes", 1), ("bytes_decoded", len(data))))
         return data
+

@@ -22,9 +22,14 @@ from refmount.refs.model import Range, Reference, Whole
 
 __all__ = ["MAX_EXPRESSION_CHARS", "MAX_GENERATED_KEYS", "expand_gens"]
 
-#: Most keys all ``gen`` entries of one set may produce together. Each key
-#: costs a few hundred bytes in memory, so this bounds a set to a few GB.
-MAX_GENERATED_KEYS = 10_000_000
+#: Most keys all ``gen`` entries of one set may produce together. A few
+#: hundred bytes of input can ask for any number of keys, and each costs some
+#: 400 bytes at the peak of building the set (a million took the daemon to
+#: 470 MB; this limit to some 270 MB and a few seconds, measured by
+#: tests/mount/test_resource_bounds_mount.py), so a tiny hostile set cannot
+#: cost gigabytes. A larger set can be written out with explicit ``refs`` or in the
+#: Parquet layout, whose cost is then visible in its own size.
+MAX_GENERATED_KEYS = 500_000
 
 #: Longest ``{{ expression }}`` accepted in a generator pattern.
 MAX_EXPRESSION_CHARS = 256
@@ -48,7 +53,8 @@ Evaluator = Callable[[Env], "int | str"]
 
 
 def expand_gens(
-    raw: Any, templates: Mapping[str, str], default_url: str | None, out: dict[str, Reference]
+    raw: Any, templates: Mapping[str, str], default_url: str | None, out: dict[str, Reference],
+    base: str | None = None,
 ) -> None:
     """Expand every ``gen`` entry into ``out``, refusing keys defined twice."""
     if raw is None:
@@ -57,7 +63,7 @@ def expand_gens(
         raise InvalidReferences(f"'gen' must be a JSON array, not {type_name(raw)}")
     budget = MAX_GENERATED_KEYS
     for index, entry in enumerate(raw):
-        budget -= _expand_gen(f"gen[{index}]", entry, templates, default_url, out, budget)
+        budget -= _expand_gen(f"gen[{index}]", entry, templates, default_url, out, budget, base)
 
 
 def _expand_gen(
@@ -67,6 +73,7 @@ def _expand_gen(
     default_url: str | None,
     out: dict[str, Reference],
     budget: int,
+    set_dir: str | None,
 ) -> int:
     """Expand one generator entry; returns how many keys it produced."""
     if not isinstance(entry, dict):
@@ -81,12 +88,14 @@ def _expand_gen(
         raise InvalidReferences(f"{where} must give both 'offset' and 'length', or neither")
 
     dimensions = _parse_dimensions(where, entry["dimensions"], templates)
-    count = math.prod(len(values) for _, values in dimensions)
+    count = math.prod(_dimension_length(values) for _, values in dimensions)
     if count > budget:
         raise InvalidReferences(
             f"{where} would generate {count} keys, more than the limit of "
             f"{MAX_GENERATED_KEYS} generated keys per reference set"
         )
+    if count == 0:
+        return 0  # never materialise the other dimensions, which may be of any length
     names = set(templates) | {name for name, _ in dimensions}
     key_of = _compile_pattern(where, "key", entry["key"], names, {})
     url_of = _compile_pattern(where, "url", entry["url"], names, templates)
@@ -98,8 +107,8 @@ def _expand_gen(
     dim_names = [name for name, _ in dimensions]
     base: dict[str, int | str] = dict(templates)
     url_cache: dict[str, str] = {}
+    env = base  # one mapping, its dimension values replaced per key: nothing keeps it between keys
     for values in itertools.product(*(values for _, values in dimensions)):
-        env = base.copy()
         env.update(zip(dim_names, values, strict=False))
         try:
             key = key_of(env)
@@ -119,7 +128,7 @@ def _expand_gen(
             )
         url = url_cache.get(raw_url)
         if url is None:
-            url = resolve_url(key, raw_url, default_url, {})
+            url = resolve_url(key, raw_url, default_url, {}, set_dir)
             url_cache[raw_url] = url
         if ranged:
             check_range(key, offset, length)
@@ -127,6 +136,15 @@ def _expand_gen(
         else:
             out[key] = Whole(url)
     return count
+
+
+def _dimension_length(values: range | list[int | str]) -> int:
+    """How many values a dimension has; ``len`` of a range beyond 2**63 values would overflow."""
+    if isinstance(values, range):
+        start, stop, step = values.start, values.stop, values.step
+        span = stop - start if step > 0 else start - stop
+        return max(0, -(-span // abs(step)))
+    return len(values)
 
 
 def _describe(env: Env, names: list[str]) -> str:
@@ -220,10 +238,20 @@ def _compile_pattern(
             return lambda env: only
         return lambda env: _render(only(env))
 
+    pieces = tuple((lambda env, text=part: text) if isinstance(part, str) else _rendering(part) for part in parts)
+
     def render(env: Env) -> str:
-        return "".join(part if isinstance(part, str) else _render(part(env)) for part in parts)
+        return "".join([piece(env) for piece in pieces])
 
     return render
+
+
+def _rendering(evaluate: Evaluator) -> Callable[[Env], str]:
+    def rendered(env: Env) -> str:
+        value = evaluate(env)
+        return value if type(value) is str else _render(value)
+
+    return rendered
 
 
 def _render(value: int | str) -> str:

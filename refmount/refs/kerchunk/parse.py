@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 
+#: How deeply JSON may nest before the standard library's decoder gives up (orjson's own limit is 1024).
+_NESTING_LIMIT = sys.getrecursionlimit()
+
 # --------------------------------------------------------------------------
 # Entry points
 
@@ -45,12 +49,15 @@ def parse_reference_bytes(data: bytes, *, default_url: str | None = None) -> dic
 
 
 def parse_reference_document(
-    data: bytes, *, default_url: str | None = None
+    data: bytes, *, default_url: str | None = None, base_url: str | None = None
 ) -> tuple[dict[str, Reference], dict[str, Any]]:
-    """Like :func:`parse_reference_bytes`, also returning the scanner's recorded source facts."""
+    """Like :func:`parse_reference_bytes`, also returning the scanner's recorded source facts.
+
+    ``base_url`` is the set's own directory, against which relative URLs resolve.
+    """
     with _gc_paused():
         obj = decode_json(data)
-        return parse_references(obj, default_url=default_url), recorded_sources(obj)
+        return parse_references(obj, default_url=default_url, base_url=base_url), recorded_sources(obj)
 
 
 def recorded_sources(obj: Any) -> dict[str, Any]:
@@ -68,11 +75,14 @@ def recorded_sources(obj: Any) -> dict[str, Any]:
     return {url: facts for url, facts in sources.items() if isinstance(url, str) and isinstance(facts, dict)}
 
 
-def parse_references(obj: Any, *, default_url: str | None = None) -> dict[str, Reference]:
+def parse_references(
+    obj: Any, *, default_url: str | None = None, base_url: str | None = None
+) -> dict[str, Reference]:
     """Validate and expand a decoded kerchunk JSON document (v0 or v1) into key -> Reference.
 
     ``default_url`` stands in for null or empty URLs (fsspec's ``target``);
-    without it (or if it is empty) such references are refused.
+    without it (or if it is empty) such references are refused. Relative
+    URLs resolve against ``base_url`` (see :mod:`refmount.refs.relative`).
     """
     if not isinstance(obj, dict):
         raise InvalidReferences(
@@ -81,13 +91,13 @@ def parse_references(obj: Any, *, default_url: str | None = None) -> dict[str, R
     if default_url is not None and not isinstance(default_url, str):
         raise InvalidReferences(f"default URL must be a string, not {type_name(default_url)}")
     with _gc_paused():
-        return _parse_document(obj, default_url or None)
+        return _parse_document(obj, default_url or None, base_url)
 
 
-def _parse_document(obj: dict[Any, Any], default_url: str | None) -> dict[str, Reference]:
+def _parse_document(obj: dict[Any, Any], default_url: str | None, base: str | None) -> dict[str, Reference]:
     """Dispatch on the spec version; the caller has checked the top-level type."""
     if "version" not in obj:
-        return _parse_refs(obj, default_url, templates={})
+        return _parse_refs(obj, default_url, {}, base)
     version = obj["version"]
     if type(version) is not int or version != 1:
         raise InvalidReferences(
@@ -100,8 +110,8 @@ def _parse_document(obj: dict[Any, Any], default_url: str | None) -> dict[str, R
         refs = {}
     elif not isinstance(refs, dict):
         raise InvalidReferences(f"'refs' must be a JSON object, not {type_name(refs)}")
-    out = _parse_refs(refs, default_url, templates)
-    expand_gens(obj.get("gen"), templates, default_url, out)
+    out = _parse_refs(refs, default_url, templates, base)
+    expand_gens(obj.get("gen"), templates, default_url, out, base)
     return out
 
 
@@ -114,7 +124,8 @@ def decode_json(data: bytes) -> Any:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidReferences(f"reference data must be bytes, not {type_name(data)}")
-    data = bytes(data)
+    if isinstance(data, memoryview):
+        data = bytes(data)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -135,8 +146,15 @@ def decode_json(data: bytes) -> Any:
         raise InvalidReferences(
             f"reference file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except ValueError as exc:  # the only other ValueError: an integer literal too long to convert
+        raise InvalidReferences(
+            f"reference file is not usable JSON: an integer literal is longer than {sys.get_int_max_str_digits()} "
+            f"digits, the limit of integer conversion ({exc})"
+        ) from None
     except RecursionError:
-        raise InvalidReferences("reference file is not usable JSON: nested too deeply") from None
+        raise InvalidReferences(
+            f"reference file is not usable JSON: nested more deeply than {_NESTING_LIMIT} levels"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -162,7 +180,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _parse_refs(
-    refs: Mapping[Any, Any], default_url: str | None, templates: Mapping[str, str]
+    refs: Mapping[Any, Any], default_url: str | None, templates: Mapping[str, str], base: str | None
 ) -> dict[str, Reference]:
     """Convert each explicit entry; URLs are resolved once per distinct string."""
     out: dict[str, Reference] = {}
@@ -174,14 +192,14 @@ def _parse_refs(
             scalar_chunks[array] = (key, value)  # decided once every .zarray is known
             continue
         validate_key(key)
-        out[key] = value_reference(key, value, default_url, templates, url_cache)
+        out[key] = value_reference(key, value, default_url, templates, url_cache, base)
     for array, (key, value) in scalar_chunks.items():
         if not _is_zero_dimensional(out.get(f"{array}/.zarray")):
             validate_key(key)  # refused as any other empty path segment
         chunk = f"{array}/{SCALAR_CHUNK}"
         if chunk in out:
             raise InvalidReferences(f"the chunk of 0-d array {array} is given twice, as {key!r} and {chunk!r}", key=key)
-        out[chunk] = value_reference(chunk, value, default_url, templates, url_cache)
+        out[chunk] = value_reference(chunk, value, default_url, templates, url_cache, base)
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from refmount.errors import InvalidReferences
 from refmount.refs.model import Inline, Range, Reference, Whole
+from refmount.refs.relative import resolve_relative
 
 __all__ = [
     "IDENTIFIER",
@@ -43,11 +44,12 @@ def value_reference(
     default_url: str | None,
     templates: Mapping[str, str],
     url_cache: dict[Any, str],
+    base: str | None = None,
 ) -> Reference:
     """Turn one value of the set into a Reference, refusing anything else."""
     kind = type(value)
     if kind is list or kind is tuple:
-        return _reference(key, value, default_url, templates, url_cache)
+        return _reference(key, value, default_url, templates, url_cache, base)
     if kind is str:
         if value.startswith(_BASE64_PREFIX):
             return Inline(_base64(key, value[len(_BASE64_PREFIX) :]))
@@ -76,6 +78,7 @@ def _reference(
     default_url: str | None,
     templates: Mapping[str, str],
     url_cache: dict[Any, str],
+    base: str | None,
 ) -> Reference:
     """``[url]`` -> Whole, ``[url, offset, length]`` -> Range."""
     count = len(value)
@@ -89,7 +92,7 @@ def _reference(
         )
     url = url_cache.get(raw_url) if type(raw_url) is str else None
     if url is None:
-        url = resolve_url(key, raw_url, default_url, templates)
+        url = resolve_url(key, raw_url, default_url, templates, base)
         if type(raw_url) is str:
             url_cache[raw_url] = url
     if count == 1:
@@ -114,8 +117,14 @@ def check_range(key: str, offset: Any, length: Any) -> None:
         )
 
 
-def resolve_url(key: str, raw: Any, default_url: str | None, templates: Mapping[str, str]) -> str:
-    """Apply templates and the default target to one URL, then check it."""
+def resolve_url(
+    key: str, raw: Any, default_url: str | None, templates: Mapping[str, str], base: str | None = None
+) -> str:
+    """Apply templates and the default target to one URL, then check it.
+
+    A relative URL (``data/x.bin``) is resolved against ``base``, the set's
+    own directory (:mod:`refmount.refs.relative`); without one it stays relative.
+    """
     if raw is None:
         url = ""
     elif type(raw) is str:
@@ -131,7 +140,7 @@ def resolve_url(key: str, raw: Any, default_url: str | None, templates: Mapping[
     bad = _CONTROL.search(url)
     if bad is not None:
         raise InvalidReferences(f"url contains control character U+{ord(bad.group()):04X}", key=key)
-    return url
+    return resolve_relative(url, base) if base is not None else url
 
 
 def _substitute_templates(url: str, templates: Mapping[str, str]) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,10 @@ from refmount.errors import InvalidReferences
 __all__ = [
     "DEFAULT_RECORD_CACHE",
     "DEFAULT_RECORD_SIZE",
+    "MAX_AXIS",
+    "MAX_GRID_CHUNKS",
     "RECORD_COLUMNS",
+    "REQUIRED_COLUMNS",
     "chunk_grid",
     "chunk_number",
     "metadata_bytes",
@@ -53,20 +57,59 @@ DEFAULT_RECORD_CACHE = 32
 #: Columns of a record file that references are made of; anything else in it is not read.
 RECORD_COLUMNS = ("path", "offset", "size", "raw")
 
+#: Columns every record file must have: without offset and size, every row would read as a whole object.
+REQUIRED_COLUMNS = ("path", "offset", "size")
+
 
 def record_path(field: str, record: int) -> str:
     """Path of a record file relative to the set's root."""
     return f"{field}/refs.{record}.parq"
 
 
+#: Most chunks one array of a Parquet set may have (a trillion): beyond it the
+#: grid is refused, since no real set has it and its record files could not exist.
+MAX_GRID_CHUNKS = 2**40
+
+#: Largest shape or chunk length of one axis: what a float64 holds exactly (fsspec and Zarr compute with both).
+MAX_AXIS = 2**53
+
+
 def chunk_grid(zarray: Any, field: str) -> tuple[int, ...]:
-    """Chunks per axis of an array; a 0-d array has one chunk, named ``0``."""
+    """Chunks per axis of an array; a 0-d array has one chunk, named ``0``.
+
+    Refuses, naming the array and the limit, a shape or chunk length that is
+    not a whole number in ``1..2**53`` (``0`` for a shape), and a grid of more than
+    :data:`MAX_GRID_CHUNKS` chunks.
+    """
+    key = f"{field}/.zarray"
     try:
         shape, chunks = zarray["shape"], zarray["chunks"]
-        grid = tuple(math.ceil(int(s) / int(c)) for s, c in zip(shape, chunks, strict=True))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-        raise InvalidReferences(f"unusable .zarray shape/chunks ({type(exc).__name__}: {exc})", key=f"{field}/.zarray") from None
-    return grid or (1,)
+        pairs = list(zip(shape, chunks, strict=True))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidReferences(f"unusable .zarray shape/chunks ({type(exc).__name__}: {exc})", key=key) from None
+    grid = []
+    for axis, (size, chunk) in enumerate(pairs):
+        numbers = []
+        for what, value, least in (("shape", size, 0), ("chunks", chunk, 1)):
+            if type(value) is float and value.is_integer():
+                value = int(value)  # JSON writers may spell 1000 as 1000.0 or 1e3
+            if type(value) is not int or not least <= value <= MAX_AXIS:
+                raise InvalidReferences(
+                    f"{what}[{axis}] of array {field!r} is {_shorten(value)}: it must be an integer "
+                    f"from {least} to 2**53", key=key,
+                )
+            numbers.append(value)
+        grid.append(-(-numbers[0] // numbers[1]))
+    if math.prod(grid) > MAX_GRID_CHUNKS:
+        raise InvalidReferences(
+            f"array {field!r} has {math.prod(grid)} chunks (grid {grid}), more than the limit of 2**40", key=key
+        )
+    return tuple(grid) or (1,)
+
+
+def _shorten(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def chunk_number(name: str, grid: tuple[int, ...]) -> int | None:
@@ -89,7 +132,11 @@ def parse_zmetadata(data: bytes, where: str) -> tuple[dict[str, Any], int]:
     """The metadata documents and record size of a ``.zmetadata`` file."""
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise InvalidReferences(
+            f"{where}: .zmetadata nests more deeply than {sys.getrecursionlimit()} levels, the JSON decoder's limit"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # also an integer literal beyond the digit limit
         raise InvalidReferences(f"{where}: .zmetadata is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("metadata"), dict):
         raise InvalidReferences(f"{where}: .zmetadata lacks a 'metadata' object (not a Parquet reference set)")

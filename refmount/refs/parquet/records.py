@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from refmount.errors import InvalidReferences
 from refmount.refs.model import Inline, Range, Reference, Whole
-from refmount.refs.parquet.layout import RECORD_COLUMNS
+from refmount.refs.parquet.layout import RECORD_COLUMNS, REQUIRED_COLUMNS
 
 __all__ = ["MISSING", "MissingRecord", "Record", "read_record", "use_system_allocator"]
 
@@ -84,17 +84,25 @@ class Record:
     def __init__(self, table: Any, intern: Callable[[str], str], where: str) -> None:
         self.rows = table.num_rows
         columns = set(table.column_names)
+        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+        if missing:
+            raise InvalidReferences(
+                f"record file {where} lacks the column(s) {', '.join(map(repr, missing))}: every record file "
+                f"holds {', '.join(REQUIRED_COLUMNS)} (and raw for inline data)"
+            )
         self.url_codes = np.full(self.rows, -1, np.int8)
         self.urls: list[str] = []
         if "path" in columns:
             path = table.column("path")
             kind = path.type.value_type if pa.types.is_dictionary(path.type) else path.type
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
-                raise InvalidReferences(f"{where}: column 'path' has type {path.type}, not string")
+                raise InvalidReferences(f"record file {where}: column 'path' has type {path.type}, not string")
             if not pa.types.is_null(path.type) and path.null_count < self.rows:
                 self._decode_paths(path, intern)
-        self.offsets = _narrowest(self._integers(table, "offset", where))
-        self.sizes = _narrowest(self._integers(table, "size", where))
+        offsets, sizes = self._integers(table, "offset", where), self._integers(table, "size", where)
+        self._check_ranges(offsets, sizes, where)
+        self.offsets = _narrowest(offsets)
+        self.sizes = _narrowest(sizes)
         self.raw: Any = None  # the Arrow column, kept only when some row is inline
         self.raw_valid: np.ndarray | None = None
         raw_bytes = 0
@@ -126,6 +134,24 @@ class Record:
         self.urls = list(index)
         self.url_codes = codes.astype(_code_type(len(self.urls)))
 
+    def _check_ranges(self, offsets: np.ndarray, sizes: np.ndarray, where: str) -> None:
+        """Rows that point into an object have offsets and sizes an ``off_t`` can address, as in a JSON set."""
+        pointed = self.url_codes >= 0
+        for name, values in (("offset", offsets), ("size", sizes)):
+            bad = np.flatnonzero(pointed & (values < 0))
+            if bad.size:
+                row = int(bad[0])
+                raise InvalidReferences(
+                    f"record file {where}: column {name!r} is negative ({int(values[row])}) in row {row}"
+                )
+        beyond = np.flatnonzero(pointed & (offsets > np.int64(2**63 - 1) - np.maximum(sizes, 0)))
+        if beyond.size:
+            row = int(beyond[0])
+            raise InvalidReferences(
+                f"record file {where}: row {row} ends beyond 2**63, the largest addressable offset "
+                f"(offset {int(offsets[row])}, size {int(sizes[row])})"
+            )
+
     def _integers(self, table: Any, name: str, where: str) -> np.ndarray:
         if name not in table.column_names:
             return np.zeros(self.rows, np.int64)
@@ -133,7 +159,10 @@ class Record:
         if pa.types.is_null(column.type):
             return np.zeros(self.rows, np.int64)
         if not pa.types.is_integer(column.type):
-            raise InvalidReferences(f"{where}: column {name!r} has type {column.type}, not integer")
+            raise InvalidReferences(f"record file {where}: column {name!r} has type {column.type}, not integer")
+        if column.type == pa.uint64():
+            # values of 2**63 and more would turn negative as int64: refuse them by name instead
+            column = column.cast(pa.int64(), safe=False)
         parts = [_values(chunk, fill=0) for chunk in column.chunks]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 

@@ -17,7 +17,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,7 @@ from refmount.refs.parquet.layout import (
     record_path,
 )
 from refmount.refs.parquet.records import MISSING, MissingRecord, Record, read_record, use_system_allocator
+from refmount.refs.relative import resolve_relative
 from refmount.refs.tree import Dir, File, Node, implied_directories
 
 log = logging.getLogger("refmount.refs.parquet")
@@ -55,6 +56,47 @@ class _Field:
     records: int
 
 
+#: Most axis labels (``"0"``, ``"1"``, ...) a listing builds up front for the fast C path; axes
+#: beyond it are counted lazily, so a listing never holds a list as long as the grid.
+_LABELS_BUILT = 1 << 16
+
+
+def grid_names(grid: tuple[int, ...]) -> Iterator[str]:
+    """Every chunk name of ``grid`` in row-major order (``0.0``, ``0.1``, ...), generated lazily.
+
+    The inner axes whose labels together are few are listed by
+    ``itertools.product`` over prebuilt labels (no Python frame per name);
+    any outer axis is counted with ``range`` and prefixes the inner names, so
+    memory stays bounded by :data:`_LABELS_BUILT` labels whatever the grid.
+    """
+    inner = len(grid)
+    built = 0
+    while inner > 0 and built + grid[inner - 1] <= _LABELS_BUILT:
+        inner -= 1
+        built += grid[inner]
+    if inner == len(grid):  # the innermost axis alone is too long: count it
+        inner = len(grid) - 1
+        tail = grid[inner]
+
+        def innermost() -> Iterator[str]:
+            return map(str, range(tail))
+    else:
+        labels = [list(map(str, range(size))) for size in grid[inner:]]
+
+        def innermost() -> Iterator[str]:
+            return map(".".join, itertools.product(*labels))
+    return _prefixed(grid[:inner], innermost)
+
+
+def _prefixed(outer: tuple[int, ...], inner: Callable[[], Iterator[str]]) -> Iterator[str]:
+    if not outer:
+        return inner()
+    rest = outer[1:]
+    return itertools.chain.from_iterable(
+        map(f"{index}.".__add__, _prefixed(rest, inner)) for index in range(outer[0])
+    )
+
+
 class _PrefetchFailed(Exception):
     """A background load failed; whoever waited for it loads the record itself and reports that failure."""
 
@@ -65,7 +107,8 @@ class ParquetNamespace:
     ``fs`` is an fsspec filesystem and ``root`` the set's directory on it.
     ``record_cache`` is how many decoded record files are kept (least
     recently used first out); 0 keeps none, so every lookup reads its record
-    file again.
+    file again. ``base`` is the directory relative paths in the record files
+    resolve against (:func:`refmount.refs.relative.set_base` of the set's URL).
     """
 
     def __init__(
@@ -76,8 +119,10 @@ class ParquetNamespace:
         *,
         shown: str | None = None,
         record_cache: int = DEFAULT_RECORD_CACHE,
+        base: str | None = None,
     ) -> None:
         self.fs = fs
+        self._base = base  # relative paths in record files resolve against it (the set's root)
         self.root = root.rstrip("/")
         self.shown = shown or self.root
         documents, self.record_size = parse_zmetadata(zmetadata, self.shown)
@@ -124,7 +169,11 @@ class ParquetNamespace:
     # -- record files ----------------------------------------------------------
 
     def _intern(self, url: str) -> str:
-        return self._urls.setdefault(url, url)
+        """One string per distinct URL of the record files, relative ones resolved against the set's root."""
+        known = self._urls.get(url)
+        if known is None:
+            known = self._urls.setdefault(url, resolve_relative(url, self._base))
+        return known
 
     def _record(self, field: _Field, number: int) -> Record | MissingRecord:
         """The decoded record file, from the cache or loaded once for every thread asking at the same time."""
@@ -266,8 +315,7 @@ class ParquetNamespace:
         runs per name: a million-chunk listing costs about a tenth of a second
         here, and the rest is the kernel and FUSE.
         """
-        labels = [list(map(str, range(size))) for size in field.grid]
-        names = map(".".join, itertools.product(*labels))
+        names = grid_names(field.grid)
 
         def record_names(number: int) -> Iterator[str]:
             if number + 1 < field.records:
@@ -284,8 +332,7 @@ class ParquetNamespace:
         for key, data in self._meta.items():
             yield key, Inline(data)
         for field in self._fields.values():
-            labels = [list(map(str, range(size))) for size in field.grid]
-            names = map(".".join, itertools.product(*labels))
+            names = grid_names(field.grid)
             for number in range(field.records):
                 count = min(self.record_size, field.total - number * self.record_size)
                 record = self._record(field, number)
@@ -315,7 +362,7 @@ class ParquetNamespace:
     def urls(self) -> Iterable[str]:
         """URLs seen in the record files loaded so far (all of them would need every record)."""
         with self._lock:
-            return list(self._urls)
+            return list(dict.fromkeys(self._urls.values()))
 
     def __len__(self) -> int:
         """Metadata keys plus chunk slots: an upper bound, as fsspec counts (missing rows included)."""
