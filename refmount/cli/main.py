@@ -277,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mount_helper_main(argv, prog="refmount")
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "storage_option", None):
+        if args.command in ("mount", "inspect") and args.storage_option:
+            # scan keeps its own --storage-option; mount and inspect turn it into -o PROTOCOL.KEY=VALUE
             argv = storage_options_as_mount_options(argv, args.source)
             args = parser.parse_args(argv)
         if args.command == "mount":
