@@ -234,7 +234,22 @@ def _path_of(args: tuple[Any, ...]) -> str:
     return args[0] if args and isinstance(args[0], str) else ""
 
 
+#: What libfuse3's ``fuse_main_real`` answers when its loop ended with an error, which includes its own
+#: SIGINT handler ending it: mfusepy restores SIGINT's default just before the loop, so libfuse installs
+#: a handler for it, which records the signal as the loop's error. Mount failures have other codes (1-7).
+LOOP_ENDED = 8
+
+
 def run_fuse(adapter: FuseAdapter, mountpoint: str, options: dict[str, Any]) -> None:
-    """Serve ``mountpoint`` until it is unmounted (blocks the calling thread)."""
+    """Serve ``mountpoint`` until it is unmounted (blocks the calling thread).
+
+    Raises RuntimeError (libfuse's code) when libfuse refuses the mount. A loop ended by SIGINT is a
+    clean end, as under libfuse2; libfuse reports a real loop failure on stderr itself.
+    """
     threads = options.pop("threads", True)
-    fuse.FUSE(adapter, mountpoint, raw_fi=False, foreground=True, nothreads=not threads, **options)
+    try:
+        fuse.FUSE(adapter, mountpoint, raw_fi=False, foreground=True, nothreads=not threads, **options)
+    except RuntimeError as exc:
+        if exc.args != (LOOP_ENDED,):
+            raise
+        log.info("the FUSE loop of %s ended (libfuse answered %d: a signal or a loop error)", mountpoint, LOOP_ENDED)
