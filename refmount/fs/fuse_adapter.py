@@ -40,7 +40,7 @@ import stat
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 # Before the import: mfusepy loads libfuse2 when both are installed unless told otherwise.
 os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
@@ -94,7 +94,7 @@ def _errno_boundary(op: str, method: _Method) -> _Method:
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an errno, never a crash
             raise self.failure(op, _path_of(args), exc) from None
 
-    return answered  # type: ignore[return-value]
+    return cast(_Method, answered)
 
 
 class FuseAdapter(_Operations):
