@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "peer_repeats": args.peer_repeats or (1 if args.quick else args.repeats), "repeats": args.repeats,
             "cache_size": cache_size, "seconds": round(time.time() - started),
             "machine": f"{platform.node()} {platform.machine()} {shutil.os.cpu_count()} cpus",
+            "load_average_end": [round(x, 2) for x in shutil.os.getloadavg()],
             "date": time.strftime("%Y-%m-%d")}
     text = table(rows, verdicts)
     print(text)

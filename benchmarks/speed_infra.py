@@ -97,6 +97,18 @@ class RssSampler:
             self.peak = max(self.peak, self._rss())
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process (and its children) has used so far; None when it is gone."""
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        times = proc.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        return None
+
+
 def drop_page_cache() -> None:
     """Empty the kernel page cache so 'cold' means cold (needs root; errors are ignored otherwise)."""
     os.sync()

@@ -30,6 +30,7 @@ from speed_infra import (
     ProxyProcess,
     RssSampler,
     clean_env,
+    cpu_seconds,
     drop_page_cache,
     foreground_mount,
     percentile,
@@ -131,15 +132,24 @@ class Bench:
             yield mnt, proc.pid
 
     def measure(self, fn: Callable[[], int], pid: int | None = None) -> dict[str, Any]:
-        """Run ``fn`` once: wall time, bytes delivered, GETs and bytes through the proxy, peak RSS of ``pid``."""
+        """Run ``fn`` once: wall time, bytes delivered, GETs and bytes through the proxy, peak RSS of ``pid``.
+
+        With a daemon, also its CPU seconds per GiB delivered: less sensitive to a loaded machine than
+        the wall clock, and the figure the daemon's own per-request cost shows up in.
+        """
         self.proxy.reset()
+        cpu_before = cpu_seconds(pid)
         with RssSampler(pid) as rss:
             started = time.perf_counter()
             delivered = fn()
             wall = time.perf_counter() - started
+        cpu_after = cpu_seconds(pid)
         counts = self.proxy.counts()
-        return {"wall": wall, "delivered": delivered, "gets": counts["gets"], "fetched": counts["bytes_sent"],
-                "rss": rss.peak if pid is not None else None}
+        sample = {"wall": wall, "delivered": delivered, "gets": counts["gets"], "fetched": counts["bytes_sent"],
+                  "rss": rss.peak if pid is not None else None}
+        if cpu_before is not None and cpu_after is not None and delivered:
+            sample["cpu_s_per_gib"] = (cpu_after - cpu_before) / (delivered / (1 << 30))
+        return sample
 
     def record(self, way: str, dataset: str, state: str, samples: list[dict[str, Any]], **extra: Any) -> Row:
         """Median of the samples (by wall time) becomes the row."""
@@ -147,8 +157,8 @@ class Bench:
         mid = samples[len(samples) // 2]
         row = Row(way, dataset, state, mid["wall"], mid["delivered"], mid["gets"], mid["fetched"],
                   max((s["rss"] or 0) for s in samples) or None, extra, runs=[s["wall"] for s in samples])
-        for key in ("p50_ms", "p99_ms"):
-            if key in mid:
+        for key in ("p50_ms", "p99_ms", "cpu_s_per_gib"):
+            if all(key in s for s in samples):
                 row.extra[key] = statistics.median(s[key] for s in samples)
         self.rows.append(row)
         self.log(f"  {way:<34} {dataset:<4} {state:<5} {row.wall_s:8.3f} s {row.mb_s:9.1f} MB/s "

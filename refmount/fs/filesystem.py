@@ -23,6 +23,9 @@ from refmount.refs.tree import Dir, File, ReferenceTree
 
 __all__ = ["RefFilesystem", "TreeOwner"]
 
+#: Files remembered for reads without a handle; more than the files a mount's readers have open at once.
+RECENT_FILES = 256
+
 
 class RefFilesystem:
     """A read-only tree over one namespace, read through ``reader`` (the raw reader or a view's)."""
@@ -35,6 +38,10 @@ class RefFilesystem:
         self._handles: dict[int, File] = {}
         self._handle_ids = itertools.count(1)
         self._lock = threading.Lock()
+        # Reads without a handle (zero-message open: every read of a one-set mount) name their file by path;
+        # the tree never changes under one filesystem, so a path resolved once stays resolved. A plain dict:
+        # its single operations are atomic, and a race costs a second lookup, never a wrong file.
+        self._recent: dict[str, File] = {}
 
     # -- metadata ------------------------------------------------------------
 
@@ -77,13 +84,19 @@ class RefFilesystem:
         return handle
 
     def read(self, handle: int, size: int, offset: int, path: str | None = None) -> bytes:
-        file = self._handles.get(handle)
-        if file is None:  # a read without open (some kernels, or fh lost): look it up
-            node = self.namespace.lookup(path or "")
-            if isinstance(node, Dir):
-                raise IsADirectory(path or "/")
-            file = node
+        file = self._handles.get(handle) or self._recent.get(path or "")
+        if file is None:  # a read without open (zero-message open, or fh lost): look it up
+            file = self._file_at(path or "")
         return self.reader.read(file, offset, size)
+
+    def _file_at(self, path: str) -> File:
+        node = self.namespace.lookup(path)
+        if isinstance(node, Dir):
+            raise IsADirectory(path or "/")
+        if len(self._recent) >= RECENT_FILES:
+            self._recent.clear()
+        self._recent[path] = node
+        return node
 
     def release(self, handle: int) -> None:
         with self._lock:

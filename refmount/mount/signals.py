@@ -16,7 +16,7 @@ thread reads and acts on:
 * SIGHUP: reload the reference set(s), what ``refmount reload`` and systemd's
   ``ExecReload`` send.
 
-fusepy resets SIGINT to the default just before entering libfuse, so for
+mfusepy resets SIGINT to the default just before entering libfuse, so for
 SIGINT libfuse's own handler ends the loop and unmounts: the same outcome,
 exit 0. SIGUSR1 (stack dump) is not handled here: faulthandler does it at C
 level, which works even when the interpreter is stuck (see ``serve``).

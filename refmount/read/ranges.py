@@ -89,12 +89,18 @@ def split_blocks(fetch: Fetch, data: bytes, block_size: int) -> list[tuple[int, 
 
 
 def assemble(rng: ByteRange, blocks: Sequence[tuple[int, bytes]], block_size: int) -> bytes:
-    """Join the parts of consecutive blocks that fall inside ``rng``."""
-    parts: list[bytes] = []
+    """The parts of consecutive blocks that fall inside ``rng``, as one new buffer (or the one block itself).
+
+    Parts are taken as memoryview slices, so the bytes are copied once, into
+    the result, rather than once into each part and again into the join.
+    """
+    parts: list[bytes | memoryview] = []
     for index, data in blocks:
         block_start = index * block_size
         lo = max(rng.start - block_start, 0)
         hi = min(rng.stop - block_start, len(data))
         if hi > lo:
-            parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
+    if len(parts) == 1:
+        return bytes(parts[0])  # no copy when the part is a whole block (bytes)
+    return b"".join(parts)
