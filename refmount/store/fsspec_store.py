@@ -37,8 +37,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem
@@ -64,6 +64,8 @@ from refmount.store.retry import (
 )
 from refmount.store.staleness import SourceFacts, SourceGuard, differences, local_changes, local_facts, recorded_facts
 from refmount.urls import LOCAL_PROTOCOLS, local_path, protocol_of, redact_url
+
+T = TypeVar("T")
 
 log = logging.getLogger("refmount.backend")
 
@@ -153,37 +155,36 @@ class FsspecBackend:
             return []
         fs, path = self.filesystem(url)
         facts = self._first_contact(url)
-        earlier = self.recent_failures.find(url, ranges)
-        budget = self.options.timeout if earlier is None else probe_budget(self.options.timeout)
-        try:
-            bodies = self._read_ranges(fs, url, path, ranges, facts, budget)
-        except StaleObject:
-            raise
-        except BackendError as exc:
-            self.recent_failures.remember(url, ranges, exc)
-            if earlier is not None:
-                raise GaveUp(f"{exc}; it failed the same way {earlier}") from None
-            raise
-        self.recent_failures.forget(url, ranges)
-        return bodies
+        return self._remembering_failures(
+            url, ranges, lambda budget: self._read_ranges(fs, url, path, ranges, facts, budget)
+        )
 
     def _first_contact(self, url: str) -> SourceFacts:
         """The guard's facts of ``url``; a lookup that just failed gets one short attempt."""
-        earlier = self.recent_failures.find(url, None)
+        return self._remembering_failures(
+            url, None, lambda budget: self.guard.check(url, lambda u: self._info(u, budget))
+        )
+
+    def _remembering_failures(self, url: str, spans: Sequence[ByteRange] | None, attempt: Callable[[float], T]) -> T:
+        """``attempt(budget)`` with the whole ``timeout``, or one short try when the same request just failed.
+
+        The kernel re-issues a failed readahead at once; without this memory a
+        read(2) would wait for the store twice (see :class:`refmount.store.retry.RecentFailures`).
+        ``spans`` None stands for the object's first lookup.
+        """
+        earlier = self.recent_failures.find(url, spans)
+        budget = self.options.timeout if earlier is None else probe_budget(self.options.timeout)
         try:
-            if earlier is None:
-                facts = self.guard.check(url)
-            else:
-                facts = self.guard.check(url, lambda u: self._info(u, probe_budget(self.options.timeout)))
+            result = attempt(budget)
         except StaleObject:
             raise
         except BackendError as exc:
-            self.recent_failures.remember(url, None, exc)
+            self.recent_failures.remember(url, spans, exc)
             if earlier is not None:
                 raise GaveUp(f"{exc}; it failed the same way {earlier}") from None
             raise
-        self.recent_failures.forget(url, None)
-        return facts
+        self.recent_failures.forget(url, spans)
+        return result
 
     def _read_ranges(
         self, fs: fsspec.AbstractFileSystem, url: str, path: str, ranges: Sequence[ByteRange], facts: SourceFacts,
