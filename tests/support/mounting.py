@@ -44,12 +44,17 @@ def mounted(
     *,
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    prefix: Sequence[str] = (),
 ) -> Iterator[Mount]:
-    """Mount ``source`` at ``mountpoint`` in the foreground; unmount on exit, also after failures."""
+    """Mount ``source`` at ``mountpoint`` in the foreground; unmount on exit, also after failures.
+
+    ``prefix`` runs the daemon under another command that then executes it, e.g.
+    ``nsenter --net=...`` to start it in another network namespace.
+    """
     path = Path(mountpoint)
     path.mkdir(parents=True, exist_ok=True)
     log_path = path.parent / f"{path.name}.log"
-    command = [sys.executable, "-m", "refmount", "mount", str(source), str(path), "-f", "--log-level", "debug", *options]
+    command = [*prefix, sys.executable, "-m", "refmount", "mount", str(source), str(path), "-f", "--log-level", "debug", *options]
     with open(log_path, "wb") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

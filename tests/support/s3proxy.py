@@ -156,6 +156,7 @@ class _Handler(TrackedHandler):
         owner = self.server.owner
         path = urllib.parse.urlsplit(self.path).path
         owner.stats.record(self.command, path)
+        owner.clients[(self.client_address[0], self.command)] += 1
         owner._log(self.command, self.path, self.headers.get("Range"))
         body = self._read_request_body()
         plan = owner._injector.choose(self.command)
@@ -355,7 +356,7 @@ class _Handler(TrackedHandler):
 
 
 class S3Proxy(LoopbackServer):
-    """Reverse proxy on 127.0.0.1 (ephemeral port) in front of an S3 endpoint.
+    """Reverse proxy on 127.0.0.1 (or ``listen``; an ephemeral port) in front of an S3 endpoint.
 
     ``store`` supplies credentials so :meth:`storage_options` / :meth:`env`
     give clients everything they need, pointed at the proxy.
@@ -378,6 +379,7 @@ class S3Proxy(LoopbackServer):
         *,
         seed: int = 0,
         upstream_timeout: float = 60.0,
+        listen: str = "127.0.0.1",
     ) -> None:
         parts = urllib.parse.urlsplit(upstream_url)
         if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -390,7 +392,9 @@ class S3Proxy(LoopbackServer):
         self.requests: list[tuple[str, str, str | None]] = []
         self._injector = _Injector(seed=seed)
         self._released = threading.Event()
-        super().__init__("127.0.0.1")
+        #: (client address, method) of every request: which network namespace asked what.
+        self.clients: Counter[tuple[str, str]] = Counter()
+        super().__init__(listen)
 
     # -- lifecycle (start, kill, port: LoopbackServer)
 
@@ -412,7 +416,7 @@ class S3Proxy(LoopbackServer):
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def storage_options(self) -> dict[str, Any]:
         """The store's s3fs options with the endpoint replaced by the proxy's."""
@@ -465,6 +469,7 @@ class S3Proxy(LoopbackServer):
         self.stats.reset()
         with self._lock:
             self.requests.clear()
+            self.clients.clear()
         with self._injector.lock:
             self._injector.applied.clear()
 
