@@ -34,6 +34,7 @@ from refmount.store.policy import UrlPolicy
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import DEFAULT_MAX_DECODED_CHUNK
 from refmount.views.netcdf.report import FileReport, netcdf_c_problem, netcdf_files
+from refmount.views.present import check_view_applies
 from refmount.views.zarr3_meta import NotTranslatable, array_metadata
 from refmount.views.zarr_meta import is_object_dtype, numpy_dtype, unavailable_codecs
 
@@ -263,8 +264,9 @@ def render(summary: Summary) -> str:
 def run_inspect(config: MountConfig, *, as_json: bool = False) -> int:
     """Print the summary; exit 1 when something would not read, 0 when all is well."""
 
-    _, namespace = open_reference_set(config.source, reference_storage_options(config),
-                                      record_cache=config.record_cache, ref=config.ref)
+    info, namespace = open_reference_set(config.source, reference_storage_options(config),
+                                         record_cache=config.record_cache, ref=config.ref)
+    check_view_applies(config.view, info.format, redact_url(config.source))
     summary = summarise(config.source, namespace.iter_references(), namespace, backend_options(config).policy,
                         set_name=single_set_name(config.source), netcdf_format=config.netcdf_format,
                         view=config.view, zarr_format=config.zarr_format, max_decoded_chunk=config.max_decoded_chunk)
