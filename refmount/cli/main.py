@@ -90,11 +90,13 @@ def _show_default(option: Option) -> str:
 
 #: What REFS may be, for the help of every command that takes one.
 REFS_FORMS = (
-    "REFS is a kerchunk JSON file (v0 or v1; plain or compressed: .gz, .bz2, .xz, .zst) or a Parquet reference "
-    "directory (fsspec's layout), as a local path or an fsspec URL (s3://, gs://, https://, ...); or a directory "
-    "or URL prefix holding many such sets, each mounted as a subdirectory."
+    "REFS is a kerchunk JSON file (v0 or v1; plain or compressed: .gz, .bz2, .xz, .zst), a Parquet reference "
+    "directory (fsspec's layout) or an Icechunk repository (branch main, or -o ref=), as a local path or an fsspec "
+    "URL (s3://, gs://, https://, ...); or a directory or URL prefix holding many such sets, each mounted as a "
+    "subdirectory."
 )
-REFS_HELP = "reference set: JSON file or Parquet directory, path or URL, plain or compressed; or a directory/prefix of sets"
+REFS_HELP = ("reference set: JSON file or Parquet directory (path or URL, plain or compressed), Icechunk repository; "
+             "or a directory/prefix of sets")
 
 
 def build_parser() -> argparse.ArgumentParser:

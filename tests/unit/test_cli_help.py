@@ -67,7 +67,7 @@ def test_view_and_zarr_format_a_mount_refuses_are_refused_by_inspect_too():
 @pytest.mark.parametrize("command", ["mount", "inspect"])
 def test_refs_help_names_every_form_a_set_may_take(capsys, command):
     text = help_of(capsys, command)
-    for word in ("JSON", "Parquet", "path", "URL", ".gz", ".zst", "compressed", "directory", "prefix"):
+    for word in ("JSON", "Parquet", "Icechunk", "path", "URL", ".gz", ".zst", "compressed", "directory", "prefix"):
         assert word in text, word
 
 
