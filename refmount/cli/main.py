@@ -71,7 +71,8 @@ def _add_mount_options(parser: argparse.ArgumentParser, *, only_inspect: bool = 
     if only_inspect:
         o_help = ("comma-separated mount options, e.g. the options of an fstab line pasted as they are: every mount "
                   "option is accepted and checked, and those not listed above (uid, cache_size, allow_other, ...) "
-                  "change nothing here; PROTOCOL.NAME=VALUE passes NAME to that protocol's fsspec filesystem")
+                  "change nothing here (config=FILE: give --config FILE); PROTOCOL.NAME=VALUE passes NAME to that "
+                  "protocol's fsspec filesystem")
     parser.add_argument("-o", dest="mount_options", action="append", default=[], metavar="OPTS", help=o_help)
     parser.add_argument(STORAGE_OPTION, dest="storage_option", action="append", default=[],
                         metavar=STORAGE_OPTION_METAVAR, help=STORAGE_OPTION_HELP)
@@ -151,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         "that change that or the summary as flags, and any mount option in -o. Exit 1 when something would not "
         "read in the view and Zarr format given. " + REFS_FORMS,
     )
-    inspect.add_argument("source", metavar="REFS", help=REFS_HELP)
+    inspect.add_argument("source", metavar="REFS", nargs="?", help=REFS_HELP)
+    inspect.add_argument("--config", metavar="FILE",
+                         help="a mount's TOML file: its source (unless REFS is given) and options (flags and -o override it)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_mount_options(inspect, only_inspect=True)
 

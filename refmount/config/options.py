@@ -216,6 +216,8 @@ def parse_mount_options(text: str) -> tuple[dict[str, Any], dict[str, dict[str, 
             storage.setdefault(protocol, {})[name] = value
             continue
         option = OPTIONS_BY_NAME.get(key)
+        if option is None and key == "config":
+            raise ConfigError("mount option config=FILE is for fstab (mount.refmount); on the command line give --config FILE")
         if option is None:
             raise ConfigError(f"unknown mount option {key!r} (see refmount mount --help)")
         if not sep and not option.is_flag:

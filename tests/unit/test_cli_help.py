@@ -58,6 +58,17 @@ def test_inspect_takes_any_mount_option_in_o_but_only_its_own_flags(capsys):
     assert "unrecognized arguments: --uid" in capsys.readouterr().err
 
 
+def test_inspect_reads_a_mounts_config_file(tmp_path):
+    config = tmp_path / "era5.toml"
+    config.write_text('source = "s3://b/era5.json"\nmountpoint = "/mnt/era5"\nview = "decoded"\nuid = 1000\n'
+                      '[storage_options.s3]\nrequester_pays = true\n')
+    built = mount_config(build_parser().parse_args(["inspect", "--config", str(config), "-o", "zarr_format=3"]))
+    assert (built.source, built.view, built.zarr_format) == ("s3://b/era5.json", "decoded", 3)
+    assert built.storage_options == {"s3": {"requester_pays": True}}
+    with pytest.raises(ConfigError, match="config=FILE is for fstab .*give --config FILE"):
+        mount_config(build_parser().parse_args(["inspect", "/refs.json", "-o", f"ro,config={config}"]))
+
+
 def test_view_and_zarr_format_a_mount_refuses_are_refused_by_inspect_too():
     for command in (["inspect", "/refs.json"], ["mount", "/refs.json", "/mnt"]):
         with pytest.raises(ConfigError, match="zarr_format: 3 applies to the raw and decoded views"):
