@@ -74,6 +74,10 @@ def expand_sources(patterns: list[str], by_protocol: Mapping[str, Mapping[str, A
                 raise SourceError(f"{pattern}: no such file")
         except (OSError, PermissionError) as exc:
             raise SourceError(f"{pattern}: cannot list: {exc}") from exc
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend's own errors (botocore's NoCredentialsError ...)
+            raise SourceError(f"{pattern}: cannot list: {type(exc).__name__}: {exc}") from None
     return out
 
 
@@ -130,6 +134,8 @@ def open_hdf5(url: str, storage_options: dict[str, Any] | None = None) -> Iterat
         raise SourceError(f"{url}: no such file") from exc
     except OSError as exc:
         raise SourceError(f"{url}: cannot stat: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a backend's own errors (botocore's NoCredentialsError ...)
+        raise SourceError(f"{url}: cannot stat: {type(exc).__name__}: {exc}") from None
     with contextlib.ExitStack() as stack:
         try:
             if is_local(url):

@@ -55,6 +55,7 @@ def test_scan_from_s3_to_s3_with_protocol_prefixed_options(tmp_path: Path, local
     elsewhere = _refmount("scan", url, "-q", "-o", str(tmp_path / "x.json"), "--endpoint-url", local_s3.endpoint_url,
                           *_credentials(local_s3, "https"), *region)
     assert elsewhere.returncode == 2 and "Traceback" not in elsewhere.stderr, elsewhere.stderr
+    assert "Unable to locate credentials" in elsewhere.stderr  # the https. items did not reach S3
     assert not (tmp_path / "x.json").exists()
 
 
@@ -79,6 +80,7 @@ def test_convert_on_s3_with_unprefixed_and_prefixed_options(tmp_path: Path, loca
 
     routed_elsewhere = _refmount("convert", source, str(tmp_path / "no.parq"), *endpoint, *_credentials(local_s3, "gs"))
     assert routed_elsewhere.returncode == 2 and "Traceback" not in routed_elsewhere.stderr, routed_elsewhere.stderr
+    assert "Unable to locate credentials" in routed_elsewhere.stderr, routed_elsewhere.stderr  # gs. is not s3.
 
 
 def _references(path: Path) -> dict:
