@@ -51,7 +51,7 @@ from refmount.store.options import filesystem_options
 from refmount.store.policy import origin_of
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import DecodedChunkCache
-from refmount.views.present import cache_budgets, present
+from refmount.views.present import cache_budgets, check_view_applies, present
 
 log = logging.getLogger("refmount.sets")
 
@@ -99,6 +99,7 @@ def open_tree(config: MountConfig) -> ServedTree:
     def build(source: SetSource) -> RefFilesystem:
         loaded_at = time.monotonic()
         info, namespace = open_reference_set(source.url, storage, record_cache=config.record_cache, ref=config.ref)
+        check_view_applies(config.view, info.format, source.name or redact_url(source.url))
         backend.remember_sources(info.sources)
         mtime = info.mtime
         allowed: list[str] = []
