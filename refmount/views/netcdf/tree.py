@@ -12,8 +12,10 @@ and kept in the mount's one decoded-chunk cache.
 
 Readahead is at chunk granularity: a read that continues where the last
 read of the file ended starts decoding, on a small thread pool, the chunks
-of the next window of the file, so ``cat`` or ``nccopy`` streams while one
-chunk is being copied out. A random read, and a run shorter than
+of the next window of the file (their stored bytes fetched first, neighbours
+in one GET), so ``cat`` or ``nccopy`` streams while one chunk is being copied
+out. The raw reader's own readahead is off under this view (see
+:mod:`refmount.mount.assemble`): only the view knows which chunks come next. A random read, and a run shorter than
 :data:`READAHEAD_AFTER`, decodes only its own chunks.
 
 Variable-length strings need their longest length for the header; it is
@@ -98,6 +100,14 @@ class DecodedChunks:
         if array.dtype.kind == "O":
             return _decode_objects(array, data)
         return np.frombuffer(data, array.dtype).reshape(array.chunks, order=array.order)
+
+    def source(self, array: ArrayCodec, coords: tuple[int, ...]) -> Reference | None:
+        """The stored reference of a chunk (what is fetched to decode it), None if it was never written."""
+        try:
+            node = self.tree.raw.lookup(self.key(array, coords))
+        except (NotFound, NotADirectory):
+            return None
+        return node.ref if isinstance(node, File) else None
 
     def stored_bytes(self, array: ArrayCodec, limit: int) -> int | None:
         """Stored size of the chunks of ``array``, counted until it passes ``limit``.
@@ -352,8 +362,13 @@ class NetcdfReader:
             self._streams[path] = (run_start, furthest, stop)
         if start >= stop:
             return
+        chunks = list(dict.fromkeys(data.chunks_in(start, stop)))
+        # The stored bytes of the window first, in a few coalesced GETs, so the decoding workers find them
+        # fetched (or in flight) instead of each asking the store for one chunk.
+        sources = (self.view.chunks.source(array, coords) for array, coords in chunks)
+        self.decoding.raw.prefetch(ref for ref in sources if ref is not None)
         submitted = 0
-        for array, coords in dict.fromkeys(data.chunks_in(start, stop)):
+        for array, coords in chunks:
             if not self._slots.acquire(blocking=False):
                 break
             try:
