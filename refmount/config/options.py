@@ -130,7 +130,7 @@ OPTIONS: tuple[Option, ...] = (
            "(adjacent blocks are fetched together)", "SIZE"),
     Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
     Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file "
-           "read from its start (0 disables)", "SIZE"),
+           "read from its start; under view=netcdf, of the chunks decoded ahead of a .nc reader (0 disables)", "SIZE"),
     Option("disk_cache", _str, None, "keep fetched blocks in this local directory too, across unmounts and "
            "reboots (checked on every read; off unless given)", "DIR"),
     Option("disk_cache_size", parse_size, 10 << 30, "byte budget of disk_cache (least recently used blocks "
