@@ -98,7 +98,10 @@ class Record:
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
                 raise InvalidReferences(f"record file {where}: column 'path' has type {path.type}, not string")
             if not pa.types.is_null(path.type) and path.null_count < self.rows:
-                self._decode_paths(path, intern)
+                try:
+                    self._decode_paths(path, intern)
+                except UnicodeDecodeError as exc:
+                    raise InvalidReferences(f"record file {where}: column 'path' is not UTF-8 text: {exc}") from None
         offsets, sizes = self._integers(table, "offset", where), self._integers(table, "size", where)
         self._check_ranges(offsets, sizes, where)
         self.offsets = _narrowest(offsets)

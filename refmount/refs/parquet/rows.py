@@ -265,7 +265,9 @@ def _pages(data: bytes, start: int, end: int, rows: int) -> tuple[list[_Page], _
         except ThriftError as exc:
             raise Unsupported(f"page header: {exc}") from None
         kind, uncompressed, compressed = header.get(1), header.get(2), header.get(3)
-        if not all(isinstance(v, int) and v >= 0 for v in (kind, uncompressed, compressed)):
+        if not (isinstance(kind, int) and isinstance(uncompressed, int) and isinstance(compressed, int)) or min(
+            uncompressed, compressed
+        ) < 0:
             raise Unsupported("page header without its sizes")
         if body + compressed > end:
             raise Unsupported("page beyond its column chunk")

@@ -4,7 +4,7 @@ pyarrow parses a Parquet file's footer but exposes nothing below a column
 chunk, and a row lookup (:mod:`.rows`) needs the page headers inside one.
 A page header is a small Thrift struct in the compact protocol; this reads
 any such struct into ``{field id: value}`` (nested structs as dictionaries,
-lists as lists), so the caller picks the fields the Parquet format defines
+lists as lists, maps as lists of pairs), so the caller picks the fields the Parquet format defines
 and ignores the rest (statistics, CRC, fields of later format versions).
 
 Input is untrusted: every read is bounds-checked and nesting is limited, and
@@ -91,16 +91,17 @@ def _value(data: bytes, pos: int, kind: int, depth: int) -> tuple[Any, int]:
     if kind == _MAP:
         count, pos = _varint(data, pos)
         if not count:
-            return {}, pos
+            return [], pos
         if pos >= len(data) or count > len(data) - pos:
             raise ThriftError("truncated map")
         key_kind, value_kind = data[pos] >> 4, data[pos] & 0x0F
         pos += 1
-        mapping = {}
+        pairs = []  # (key, value) pairs: a key may be a list or struct, which no dict takes
         for _ in range(count):
             key, pos = _value(data, pos, key_kind, depth + 1)
-            mapping[key], pos = _value(data, pos, value_kind, depth + 1)
-        return mapping, pos
+            value, pos = _value(data, pos, value_kind, depth + 1)
+            pairs.append((key, value))
+        return pairs, pos
     raise ThriftError(f"unknown compact type {kind}")
 
 
