@@ -4,8 +4,9 @@ A chunk key maps to one row of one record file (:mod:`.layout`); decoding
 the file's 100,000 rows to answer a ``stat`` of that one chunk costs about
 8 ms, most of it allocating and converting columns nobody asked for.
 :class:`LazyRecord` keeps the file's bytes (record files are small: a few
-kB to a few tens of kB compressed) and a table of its pages, parsed from the
-footer (pyarrow) and the page headers (:mod:`.thrift`). A row is then read
+kB to a few tens of kB compressed) and a table of its pages, from the footer
+(pyarrow) and the page headers (:mod:`.thrift`, walked only as far as the
+rows asked for). A row is then read
 by decompressing only the page of each column that holds it and walking the
 page's run-length encoded levels and dictionary indices to that row.
 
@@ -23,9 +24,10 @@ row is wanted.
 from __future__ import annotations
 
 import struct
+import threading
 from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,20 +79,87 @@ class _Page:
     compressed_values: bool = True  # data page v2: whether the values are compressed
 
 
-@dataclass(slots=True)
 class _Column:
-    name: str
-    integer: str | None  # struct format of an integer column; None for byte arrays
-    nullable: bool
-    codec: str | None
-    pages: list[_Page]
-    starts: list[int]
-    dictionary: _Page | None
-    decoded: Any = field(default=None)  # the dictionary's values, decoded on first use
+    """One column chunk: its pages walked through their headers as far as the rows asked for so far.
+
+    Walking all page headers of a file (some 20 small Thrift structs) costs
+    more than reading a row, so a lookup walks only to the page holding its
+    row; the table it builds is kept for the next lookup of this record.
+    """
+
+    __slots__ = ("name", "integer", "nullable", "codec", "end", "next", "seen", "pages", "starts", "dictionary",
+                 "decoded", "lock")
+
+    def __init__(self, name: str, integer: str | None, nullable: bool, codec: str | None, start: int, end: int) -> None:
+        self.name = name
+        self.integer = integer  # struct format of an integer column; None for byte arrays
+        self.nullable = nullable
+        self.codec = codec
+        self.end = end
+        self.next = start  # where the next page header starts
+        self.seen = 0  # rows in the pages walked so far
+        self.pages: list[_Page] = []
+        self.starts: list[int] = []
+        self.dictionary: _Page | None = None
+        self.decoded: Any = None  # the dictionary's values, decoded on first use
+        self.lock = threading.Lock()  # FUSE threads share a held record
+
+    def _page(self, data: memoryview, row: int) -> _Page:
+        with self.lock:
+            while row >= self.seen:
+                if self.next >= self.end:
+                    raise Unsupported(f"column {self.name}: pages end at row {self.seen}")
+                self._walk(_file_bytes(data))  # Thrift reads bytes faster than a memoryview
+            return self.pages[bisect_right(self.starts, row) - 1]
+
+    def _walk(self, data: bytes) -> None:
+        """Read the next page header and add its page to the table."""
+        try:
+            header, body = read_struct(data, self.next)
+        except ThriftError as exc:
+            raise Unsupported(f"page header: {exc}") from None
+        kind, uncompressed, compressed = header.get(1), header.get(2), header.get(3)
+        if not (isinstance(kind, int) and isinstance(uncompressed, int) and isinstance(compressed, int)) or min(
+            uncompressed, compressed
+        ) < 0:
+            raise Unsupported("page header without its sizes")
+        if body + compressed > self.end:
+            raise Unsupported("page beyond its column chunk")
+        if kind == _DICTIONARY_PAGE:
+            fields = header.get(7)
+            if self.pages or self.dictionary is not None or not isinstance(fields, dict):
+                raise Unsupported("dictionary page out of place")
+            if fields.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY) or not isinstance(fields.get(1), int):
+                raise Unsupported("dictionary page encoding")
+            self.dictionary = _Page(0, fields[1], body, compressed, uncompressed, _PLAIN)
+        elif kind == _DATA_PAGE:
+            fields = header.get(5)
+            if not isinstance(fields, dict) or not isinstance(fields.get(1), int) or fields[1] <= 0:
+                raise Unsupported("data page header")
+            if fields.get(3, _RLE) != _RLE:
+                raise Unsupported("definition levels not RLE")
+            self._add(_Page(self.seen, fields[1], body, compressed, uncompressed, fields.get(2, -1)))
+        elif kind == _DATA_PAGE_V2:
+            fields = header.get(8)
+            if not isinstance(fields, dict) or not isinstance(fields.get(1), int) or fields[1] <= 0:
+                raise Unsupported("data page v2 header")
+            levels, repeats = fields.get(5, 0), fields.get(6, 0)
+            if repeats or not isinstance(levels, int) or not 0 <= levels <= compressed or fields.get(3) != fields[1]:
+                raise Unsupported("data page v2 levels")
+            self._add(_Page(self.seen, fields[1], body, compressed, uncompressed, fields.get(4, -1), True, levels,
+                            fields.get(7, True) is not False))
+        elif kind != _INDEX_PAGE:
+            raise Unsupported(f"page type {kind}")
+        self.next = body + compressed
+
+    def _add(self, page: _Page) -> None:
+        self.pages.append(page)
+        self.starts.append(page.first)
+        self.seen += page.rows
 
     def value(self, data: memoryview, row: int) -> int | bytes | None:
         """The value at ``row``, or None where it is null."""
-        page = self.pages[bisect_right(self.starts, row) - 1]
+        page = self._page(data, row)
         local = row - page.first
         body = data[page.body : page.body + page.compressed]
         if page.v2:  # levels first, never compressed; then the values, compressed or not
@@ -159,14 +228,23 @@ def _pool() -> Any:
 
 _POOL = _pool()
 
+def _file_bytes(data: memoryview) -> bytes:
+    """The bytes a memoryview of a whole file shows (no copy)."""
+    source = data.obj
+    return source if isinstance(source, bytes) else bytes(data)
+
+
 def _decompress(body: memoryview, size: int, codec: str) -> memoryview:
     try:
-        return memoryview(pa.decompress(body, decompressed_size=size, codec=codec, memory_pool=_POOL))
+        # unsigned bytes: a memoryview of an Arrow buffer has format "b", whose items read negative from 0x80
+        return memoryview(pa.decompress(body, decompressed_size=size, codec=codec, memory_pool=_POOL)).cast("B")
     except (pa.ArrowException, ValueError) as exc:
         raise Unsupported(f"page does not decompress: {exc}") from None
 
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    if pos < end and data[pos] < 0x80:  # a run of fewer than 64 values
+        return data[pos], pos + 1
     value = shift = 0
     while True:
         if pos >= end or shift > 35:
@@ -242,66 +320,19 @@ def _plain(values: memoryview, at: int, index: int, integer: str | None) -> int 
     return bytes(values[pos + 4 : pos + 4 + length])
 
 
+_LENGTH = struct.Struct("<I")
+
+
 def _byte_arrays(raw: memoryview, count: int) -> list[bytes]:
     out, pos = [], 0
+    unpack = _LENGTH.unpack_from
     for _ in range(count):
-        (length,) = struct.unpack_from("<I", raw, pos)
+        (length,) = unpack(raw, pos)
         if pos + 4 + length > len(raw):
             raise Unsupported("dictionary value beyond its page")
         out.append(bytes(raw[pos + 4 : pos + 4 + length]))
         pos += 4 + length
     return out
-
-
-def _pages(data: bytes, start: int, end: int, rows: int) -> tuple[list[_Page], _Page | None]:
-    """The data pages (and dictionary page) of one column chunk, walked through their headers."""
-    pages: list[_Page] = []
-    dictionary = None
-    first = 0
-    pos = start
-    while pos < end and first < rows:
-        try:
-            header, body = read_struct(data, pos)
-        except ThriftError as exc:
-            raise Unsupported(f"page header: {exc}") from None
-        kind, uncompressed, compressed = header.get(1), header.get(2), header.get(3)
-        if not (isinstance(kind, int) and isinstance(uncompressed, int) and isinstance(compressed, int)) or min(
-            uncompressed, compressed
-        ) < 0:
-            raise Unsupported("page header without its sizes")
-        if body + compressed > end:
-            raise Unsupported("page beyond its column chunk")
-        if kind == _DICTIONARY_PAGE:
-            fields = header.get(7)
-            if pages or dictionary is not None or not isinstance(fields, dict):
-                raise Unsupported("dictionary page out of place")
-            if fields.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY) or not isinstance(fields.get(1), int):
-                raise Unsupported("dictionary page encoding")
-            dictionary = _Page(0, fields[1], body, compressed, uncompressed, _PLAIN)
-        elif kind == _DATA_PAGE:
-            fields = header.get(5)
-            if not isinstance(fields, dict) or not isinstance(fields.get(1), int) or fields[1] <= 0:
-                raise Unsupported("data page header")
-            if fields.get(3, _RLE) != _RLE:
-                raise Unsupported("definition levels not RLE")
-            pages.append(_Page(first, fields[1], body, compressed, uncompressed, fields.get(2, -1)))
-            first += fields[1]
-        elif kind == _DATA_PAGE_V2:
-            fields = header.get(8)
-            if not isinstance(fields, dict) or not isinstance(fields.get(1), int) or fields[1] <= 0:
-                raise Unsupported("data page v2 header")
-            levels, repeats = fields.get(5, 0), fields.get(6, 0)
-            if repeats or not isinstance(levels, int) or not 0 <= levels <= compressed or fields.get(3) != fields[1]:
-                raise Unsupported("data page v2 levels")
-            pages.append(_Page(first, fields[1], body, compressed, uncompressed, fields.get(4, -1), True, levels,
-                               fields.get(7, True) is not False))
-            first += fields[1]
-        elif kind != _INDEX_PAGE:
-            raise Unsupported(f"page type {kind}")
-        pos = body + compressed
-    if first != rows:
-        raise Unsupported(f"pages hold {first} rows, the row group {rows}")
-    return pages, dictionary
 
 
 class LazyRecord:
@@ -363,9 +394,8 @@ class LazyRecord:
             end = start + chunk.total_compressed_size
             if start < 4 or end > len(data):
                 raise Unsupported(f"column {name} outside the file")
-            pages, dictionary = _pages(data, start, end, self.rows)
             self.columns[name] = _Column(name, integer, described.max_definition_level == 1,
-                                         _CODECS[chunk.compression], pages, [page.first for page in pages], dictionary)
+                                         _CODECS[chunk.compression], start, end)
         self.nbytes = 512 + len(data)
 
     def reference(self, row: int, intern: Callable[[str], str]) -> Reference | None:

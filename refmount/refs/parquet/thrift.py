@@ -30,6 +30,8 @@ class ThriftError(ValueError):
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # most numbers in a page header take one byte
+        return data[pos], pos + 1
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
