@@ -110,7 +110,7 @@ class ParquetNamespace:
     """The tree of a Parquet reference set; record files are loaded on demand.
 
     ``fs`` is an fsspec filesystem and ``root`` the set's directory on it.
-    ``record_cache`` is how many decoded record files are kept (least
+    ``record_cache`` is how many record files are kept, lazily or decoded (least
     recently used first out); 0 keeps none, so every lookup reads its record
     file again. ``base`` is the directory relative paths in the record files
     resolve against (:func:`refmount.refs.relative.set_base` of the set's URL).
