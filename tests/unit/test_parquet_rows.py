@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refmount.errors import InvalidReferences, NotFound
-from refmount.refs.model import Inline
+from refmount.refs.model import Inline, Range
 from refmount.refs.parquet.records import read_record
 from refmount.refs.parquet.rows import LazyRecord, Unsupported
 from refmount.refs.parquet.tree import ParquetNamespace
@@ -93,7 +93,8 @@ def test_rows_of_sets_kerchunk_writes_read_as_the_whole_file_reads_them(record_s
 
 
 def test_a_kerchunk_set_with_few_urls_is_read_row_by_row():
-    """Not a vacuous comparison: fsspec's own layout (dictionary URLs, PLAIN integers) is read from the pages."""
+    """Not a vacuous comparison: fsspec's own layout (dictionary URLs, PLAIN integers) is read from the pages,
+    every row of it, and a record asked for many rows is decoded whole with the same answers."""
     from kerchunk.df import refs_to_dataframe
 
     count = 500
@@ -104,6 +105,15 @@ def test_a_kerchunk_set_with_few_urls_is_read_row_by_row():
         refs_to_dataframe({"version": 1, "refs": refs}, str(root), record_size=200)
         for path in sorted((root / "v").glob("refs.*.parq")):
             assert _compare(path.read_bytes(), 200) == 202
+        # through the tree: past DECODE_AFTER rows of a record it is decoded whole; the answers do not change
+        tree = ParquetNamespace(fsspec.filesystem("file"), str(root), (root / ".zmetadata").read_bytes())
+        for n in range(count):
+            if n % 7:
+                assert tree.lookup(f"v/{n}").ref == Range(URLS[n % 3], n * 10, 10), n
+            else:
+                with pytest.raises(NotFound):
+                    tree.lookup(f"v/{n}")
+        assert tree.records_loaded == 3  # each record file fetched once, whether read by row or decoded
 
 
 def _table(rows: int, draw_values: list) -> pa.Table:

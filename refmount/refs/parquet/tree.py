@@ -180,8 +180,11 @@ class ParquetNamespace:
             known = self._urls.setdefault(url, resolve_relative(url, self._base))
         return known
 
-    def _record(self, field: _Field, number: int) -> Held:
-        """The record file as held, from the cache or loaded once for every thread asking at the same time."""
+    def _record(self, field: _Field, number: int, *, whole: bool = False) -> Held:
+        """The record file as held, from the cache or loaded once for every thread asking at the same time.
+
+        ``whole``: a record loaded here is decoded whole straight away (one held lazily stays so).
+        """
         key = (field.name, number)
         while True:
             with self._lock:
@@ -190,7 +193,7 @@ class ParquetNamespace:
                     return record
                 waiting, _ = self._flights.claim_locked((key,))
             if not waiting:
-                return self._produce(key, field, number)
+                return self._produce(key, field, number, whole=whole)
             try:
                 return waiting[key].result()
             except _PrefetchFailed:
@@ -198,7 +201,7 @@ class ParquetNamespace:
 
     def _decoded(self, field: _Field, number: int) -> Record | MissingRecord:
         """The record file decoded whole (what a listing needs), from the bytes held when it is held lazily."""
-        record = self._record(field, number)
+        record = self._record(field, number, whole=True)
         return self._decode_held(field, number, record) if isinstance(record, LazyRecord) else record
 
     def _decode_held(self, field: _Field, number: int, lazy: LazyRecord) -> Record:
