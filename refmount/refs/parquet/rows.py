@@ -212,7 +212,7 @@ class _Column:
                     raise Unsupported("dictionary shorter than its values")
                 decoded = np.frombuffer(raw, dtype=dtype, count=page.rows).copy()
             else:
-                decoded = _byte_arrays(raw, page.rows)
+                decoded = _ByteArrays(raw, page.rows)
             self.decoded = decoded
         return decoded
 
@@ -323,16 +323,37 @@ def _plain(values: memoryview, at: int, index: int, integer: str | None) -> int 
 _LENGTH = struct.Struct("<I")
 
 
-def _byte_arrays(raw: memoryview, count: int) -> list[bytes]:
-    out, pos = [], 0
-    unpack = _LENGTH.unpack_from
-    for _ in range(count):
+class _ByteArrays:
+    """The values of a PLAIN byte-array dictionary page, located only as far as the indices asked for reach.
+
+    A record's URL dictionary is decoded for each record file a lookup
+    opens; walking to the one value wanted, without making the others,
+    costs a fraction of decoding them all.
+    """
+
+    __slots__ = ("raw", "count", "starts", "lock")
+
+    def __init__(self, raw: memoryview, count: int) -> None:
+        self.raw = raw
+        self.count = count
+        self.starts = [0]  # where each value located so far starts
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> bytes:
+        raw, unpack = self.raw, _LENGTH.unpack_from
+        with self.lock:
+            starts = self.starts
+            while len(starts) <= index:
+                pos = starts[-1]
+                starts.append(pos + 4 + unpack(raw, pos)[0])
+            pos = starts[index]
         (length,) = unpack(raw, pos)
         if pos + 4 + length > len(raw):
             raise Unsupported("dictionary value beyond its page")
-        out.append(bytes(raw[pos + 4 : pos + 4 + length]))
-        pos += 4 + length
-    return out
+        return bytes(raw[pos + 4 : pos + 4 + length])
 
 
 class LazyRecord:
