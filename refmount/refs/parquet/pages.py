@@ -204,6 +204,7 @@ def _pool() -> Any:
 
 _POOL = _pool()
 
+
 def _file_bytes(data: memoryview) -> bytes:
     """The bytes a memoryview of a whole file shows (no copy)."""
     source = data.obj
