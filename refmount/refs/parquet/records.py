@@ -102,6 +102,8 @@ class Record:
                     self._decode_paths(path, intern)
                 except UnicodeDecodeError as exc:
                     raise InvalidReferences(f"record file {where}: column 'path' is not UTF-8 text: {exc}") from None
+                except InvalidReferences as exc:
+                    raise InvalidReferences(f"record file {where}: {exc}") from None
         offsets, sizes = self._integers(table, "offset", where), self._integers(table, "size", where)
         self._check_ranges(offsets, sizes, where)
         self.offsets = _narrowest(offsets)
@@ -132,6 +134,9 @@ class Record:
                      for url in chunk.dictionary.to_pylist()]
             mapping = np.array(local + [-1], dtype=np.int32)  # the last slot maps null rows
             indices = _values(chunk.indices, fill=len(local))
+            if indices.size and (int(indices.min()) < 0 or int(indices.max()) > len(local)):
+                # Arrow does not check a damaged file's indices; numpy would wrap or fail on them
+                raise InvalidReferences(f"column 'path' has dictionary indices outside its {len(local)} values")
             parts.append(mapping[indices])
         codes = np.concatenate(parts) if parts else np.zeros(0, np.int32)
         self.urls = list(index)
