@@ -189,3 +189,24 @@ def test_damaged_pages_are_unsupported_not_misread(noise, where):
             continue
         if whole is not None:
             assert got == whole.reference(row), row
+
+
+def test_a_read_sees_the_extent_of_the_whole_record_file(tmp_path):
+    """The block cache cuts blocks at the extent: after a row lookup, the extent a read asks for is the
+    record file's, as when the file was decoded whole, not the end of the one row looked up."""
+    from kerchunk.df import refs_to_dataframe
+
+    refs = {".zgroup": json.dumps({"zarr_format": 2}), "v/.zarray": _zarray(300)}
+    refs.update({f"v/{n}": [URLS[n % 2], n * 100, 100] for n in range(300)})
+    root = tmp_path / "set.parq"
+    refs_to_dataframe({"version": 1, "refs": refs}, str(root), record_size=100)
+    fs = fsspec.filesystem("file")
+    listed = ParquetNamespace(fs, str(root), (root / ".zmetadata").read_bytes())
+    list(listed.listdir("v"))  # every record decoded whole
+    tree = ParquetNamespace(fs, str(root), (root / ".zmetadata").read_bytes())
+    ref = tree.lookup("v/101").ref  # record 1, row 1
+    assert ref == Range(URLS[1], 10100, 100)
+    assert tree.extent(URLS[1]) == 199 * 100 + 100  # record 1's last row of that URL, not row 1's end
+    assert tree.extent(URLS[0]) == 198 * 100 + 100  # decoding record 1 covered its other URL too
+    assert tree.extent(URLS[1]) < listed.extent(URLS[1])  # record 2 was never looked at: not covered
+    assert tree.records_loaded == 1

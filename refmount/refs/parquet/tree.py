@@ -168,6 +168,7 @@ class ParquetNamespace:
         self._prefetcher: ThreadPoolExecutor | None = None
         self._urls: dict[str, str] = {}
         self._extents: dict[str, int] = {}
+        self._handed: dict[str, set[RecordKey]] = {}  # URL -> records that handed it out row by row, not yet decoded
         self.records_loaded = 0
         use_system_allocator()
 
@@ -348,6 +349,8 @@ class ParquetNamespace:
                 else:
                     if isinstance(ref, Range):
                         self._grow_extent(ref.url, ref.offset + ref.length)
+                        with self._lock:
+                            self._handed.setdefault(ref.url, set()).add((field.name, number))
                     return ref
             record = self._decode_held(field, number, record)
         return record.reference(row)
@@ -413,10 +416,27 @@ class ParquetNamespace:
         object and read past the referenced bytes. The value used here is
         exact for everything loaded, only grows, and always covers the
         reference being read, because resolving that reference read its row
-        (or decoded its record) first. The block cache refetches a block cut at an earlier,
+        (or decoded its record) first.
+
+        A record read row by row is decoded whole here, the first time a URL
+        one of its rows pointed into is read: the block cache cuts blocks at
+        this extent and refetches a block cut short, and extents growing a row
+        at a time would have it refetch a block for every small chunk in it,
+        and stop its readahead at the chunk being read. A stat stays a row
+        read; the first read of an object costs the decode a stat used to. The block cache refetches a block cut at an earlier,
         shorter extent when a later read needs more of it, so growth is safe.
         """
+        if url in self._handed:
+            self._cover(url)
         return self._extents.get(url, 0)
+
+    def _cover(self, url: str) -> None:
+        """Decode the records still held row by row that handed ``url`` out (an evicted one is not fetched again)."""
+        with self._lock:
+            keys = self._handed.pop(url, set())
+            held = [(key, record) for key in keys if isinstance(record := self._records.get(key), LazyRecord)]
+        for (name, number), record in held:
+            self._decode_held(self._fields[name], number, record)
 
     @property
     def urls(self) -> Iterable[str]:
