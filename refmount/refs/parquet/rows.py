@@ -127,7 +127,10 @@ class LazyRecord:
             if path is None:
                 return None
             assert isinstance(path, bytes)
-            url = intern(path.decode("utf-8"))
+            try:
+                url = intern(path.decode("utf-8"))
+            except InvalidReferences as exc:
+                raise InvalidReferences(f"record file {self.where}: {exc} in row {row}") from None
             numbers = []
             for name in ("offset", "size"):
                 number = self.columns[name].value(data, row)

@@ -43,6 +43,7 @@ from refmount.refs.parquet.layout import (
 from refmount.refs.parquet.records import MISSING, MissingRecord, Record, read_record, use_system_allocator
 from refmount.refs.parquet.rows import DECODE_AFTER, LazyRecord, Unsupported
 from refmount.refs.relative import resolve_relative
+from refmount.refs.targets import control_character_problem
 from refmount.refs.tree import Dir, File, Node, implied_directories
 
 log = logging.getLogger("refmount.refs.parquet")
@@ -178,6 +179,9 @@ class ParquetNamespace:
         """One string per distinct URL of the record files, relative ones resolved against the set's root."""
         known = self._urls.get(url)
         if known is None:
+            problem = control_character_problem(url)
+            if problem is not None:
+                raise InvalidReferences(problem)
             known = self._urls.setdefault(url, resolve_relative(url, self._base))
         return known
 
