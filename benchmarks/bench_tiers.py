@@ -1,9 +1,9 @@
 """Cache tiers benchmark: disk-tier reads against local-disk reads, and archive bytes per node in a fleet.
 
 Run as root (the page cache is dropped between runs): ``python benchmarks/bench_tiers.py [--size-mib 32]
-[--repeats 3] [--work DIR]``. A local SeaweedFS server holds the archive and the shared-cache bucket,
-each behind its own counting proxy (a child process), and every daemon is a separate refmount process
-with its own mountpoint, standing for a node.
+[--repeats 3] [--block-size 256K] [--disk-only] [--work DIR]``. A local SeaweedFS server holds the archive
+and the shared-cache bucket, each behind its own counting proxy (a child process), and every daemon is a
+separate refmount process with its own mountpoint, standing for a node.
 
 1. Disk tier: a file of SIZE random bytes, referenced as 1 MiB chunk keys, is read once through a
    mount with ``disk_cache`` (filling it), then, page cache dropped and the daemon restarted (empty
@@ -69,14 +69,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--block-size", default="256K", help="the mounts' block_size (the tier's unit)")
+    parser.add_argument("--disk-only", action="store_true", help="measure the disk tier only, not the fleets")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="refmount-bench-tiers-"))
     work.mkdir(parents=True, exist_ok=True)
     size = args.size_mib << 20
     keys = [f"data/{i}" for i in range(size // CHUNK)]
-    print(f"# cache tiers, {args.size_mib} MiB, load average {os.getloadavg()[0]:.1f} at the start, "
-          f"{os.cpu_count()} CPUs")
+    print(f"# cache tiers, {args.size_mib} MiB, block_size {args.block_size}, load average "
+          f"{os.getloadavg()[0]:.1f} at the start, {os.cpu_count()} CPUs")
     with ExitStack() as stack:
         store = LocalS3(work / "seaweedfs")
         store.start()
@@ -97,7 +99,9 @@ def main() -> None:
         refs.write_text(json.dumps({"version": 1, "refs": {key: [url, i * CHUNK, CHUNK] for i, key in enumerate(keys)}}))
         env = clean_env({k: v for k, v in store.env().items() if not k.startswith("AWS_ENDPOINT_URL")}
                         | {"PYTHONPATH": str(REPO)})
-        base = [f"endpoint_url={archive.endpoint_url}", "allow=s3", "cache_size=256M"]
+        # The memory cache holds the whole dataset twice over, so the memory row is all memory.
+        base = [f"endpoint_url={archive.endpoint_url}", "allow=s3", f"cache_size={max(256, 2 * args.size_mib)}M",
+                f"block_size={args.block_size}"]
 
         # 1. Disk tier against local disk.
         disk = work / "disk-cache"
@@ -128,6 +132,9 @@ def main() -> None:
         print(f"| refmount, every block in its memory cache (same daemon) | {statistics.median(memory_rates) / 2**20:.0f} |")
         print(f"| disk tier / local disk | {tier_rate / local_rate:.2f}x (target >= 0.8x) |")
         print(f"\narchive GETs during the disk-tier reads: {archive_gets}")
+        if args.disk_only:
+            print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+            return
 
         # 2. Fleets sharing one bucket.
         print("\n| nodes | order | archive bytes per node | archive / dataset | shared GETs | shared bytes out |")
