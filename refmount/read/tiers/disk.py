@@ -100,7 +100,6 @@ PAGE = 4096
 _SEGMENT_MAGIC = b"RMSEGMT1"
 _SEGMENT_HEADER = struct.Struct(">8s32sQI")  # magic, segment digest, block size, slots
 _EMPTY = bytes(HEADER_SIZE)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: Errors of os.link that mean "this filesystem has no hard links", not "cannot write".
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
 
@@ -188,7 +187,7 @@ class DiskTier:
             segments: list[tuple[bytes, int, SegmentShape, list[tuple[int, TierKey]]]] = []
             for digest, wanted in by_segment.items():
                 try:
-                    descriptor = os.open(self._path(digest), os.O_RDONLY | _CLOEXEC)
+                    descriptor = os.open(self._path(digest), os.O_RDONLY)
                 except OSError as exc:
                     if not isinstance(exc, FileNotFoundError):
                         self._figures.add("errors")
@@ -373,7 +372,7 @@ class DiskTier:
         created = False
         for _ in range(3):
             try:
-                return os.open(path, os.O_WRONLY | _CLOEXEC), created
+                return os.open(path, os.O_WRONLY), created
             except FileNotFoundError:
                 created = self._create(path, digest, shape) or created
         return None
@@ -404,7 +403,7 @@ class DiskTier:
     def _clear_slot(self, path: Path, at: int) -> None:
         """Mark a slot empty (its block is fetched again and rewritten); a read-only directory keeps it."""
         with contextlib.suppress(OSError):
-            descriptor = os.open(path, os.O_WRONLY | _CLOEXEC)
+            descriptor = os.open(path, os.O_WRONLY)
             try:
                 os.pwrite(descriptor, _EMPTY, at)
             finally:
