@@ -21,9 +21,11 @@ inode lookup when the page cache is cold) and a separate small I/O per
 
 Reading: a lookup of several blocks groups them by segment, opens each
 segment once, asks the kernel to start reading its table and the span of
-wanted slots (``posix_fadvise(WILLNEED)``: the disk works on all of it at
-once), then reads block by block (``pread``), verifying each and handing it
-over as soon as it is read. No thread pool: the parallelism is the
+wanted slots and as much again after it within the segment
+(``posix_fadvise(WILLNEED)``: the disk works on all of it at once, and a
+sequential reader's next lookup, which the readahead makes about 1 MiB, is
+already on its way), then reads block by block (``pread``), verifying each
+and handing it over as soon as it is read. No thread pool: the parallelism is the
 kernel's.
 
 Writing: a block's bytes go into its slot first, then its header (no
@@ -199,7 +201,8 @@ class DiskTier:
                 wanted.sort(key=lambda pair: pair[0])
                 _advise(descriptor, 0, shape.table_end)
                 first, last = shape.data_at(wanted[0][0]), shape.data_at(wanted[-1][0]) + shape.block_size
-                _advise(descriptor, first, last - first)
+                # As much again beyond, within the segment: a sequential reader's next lookup is then on its way.
+                _advise(descriptor, first, min(2 * last - first, shape.data_at(shape.slots)) - first)
                 segments.append((digest, descriptor, shape, wanted))
             for digest, descriptor, shape, wanted in segments:
                 yield from self._read_segment(digest, descriptor, shape, wanted)
