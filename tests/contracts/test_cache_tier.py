@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from refmount.read.tiers.base import CacheTier, TierKey, frame
+from refmount.read.tiers.base import HEADER_SIZE, CacheTier, TierKey, announced_length, frame
 from refmount.read.tiers.disk import DiskTier
 from refmount.read.tiers.shared import SharedTier
 
@@ -95,16 +95,39 @@ class CacheTierContract:
 
 
 class TestDiskTier(CacheTierContract):
+    """The disk tier keeps a frame's header in its segment's table and its bytes in their slot."""
+
     def make_tier(self, tmp_path):
         return DiskTier(tmp_path / "disk-cache", 1 << 30)
 
     def raw_write(self, tier, key, stored):
-        path = Path(tier.root) / key.name[:2] / key.name
-        assert path.exists()
-        path.write_bytes(stored)
+        """Header and bytes replaced by ``stored``'s, the segment file ending where they end.
+
+        So a frame cut short is a segment truncated there, as a crash or a full disk leaves it
+        (KEY is the segment's last block); an empty frame cuts the segment inside its table.
+        """
+        where = tier.location(key)
+        assert where.path.exists()
+        header, data = stored[:HEADER_SIZE], stored[HEADER_SIZE:]
+        with open(where.path, "r+b") as handle:
+            handle.seek(where.header)
+            handle.write(header)
+            if len(header) < HEADER_SIZE:
+                handle.truncate(where.header + len(header))
+                return
+            handle.seek(where.data)
+            handle.write(data)
+            handle.truncate(where.data + len(data))
 
     def raw_read(self, tier, key):
-        return (Path(tier.root) / key.name[:2] / key.name).read_bytes()
+        where = tier.location(key)
+        with open(where.path, "rb") as handle:
+            handle.seek(where.header)
+            header = handle.read(HEADER_SIZE)
+            length = announced_length(header)
+            assert length is not None, "no block header where the block should be"
+            handle.seek(where.data)
+            return header + handle.read(length)
 
 
 class TestSharedTier(CacheTierContract):

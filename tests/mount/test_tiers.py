@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from refmount.mount.control import read_stats
+from refmount.read.tiers.disk import segment_shape
 from tests.support.mounting import Mount, mounted
 from tests.support.readers import read_file
 from tests.support.s3proxy import S3Proxy
@@ -105,11 +106,12 @@ def test_a_remount_over_a_warm_disk_cache_reads_without_archive_gets(local_s3, a
     assert figures["gets"] == 0 and figures["disk_cache_hits"] == len(KEYS)
     assert figures["disk_cache_bytes_read"] == SIZE
 
-    # A damaged file is dropped and its block fetched again: one GET, right bytes.
-    victim = sorted(p for p in disk.rglob("*") if p.is_file() and p.parent.name != "tmp")[3]
-    stored = bytearray(victim.read_bytes())
-    stored[len(stored) // 2] ^= 0x01
-    victim.write_bytes(bytes(stored))
+    # A damaged block is dropped and fetched again: one GET, right bytes.
+    segments = [p for p in disk.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+    assert len(segments) == 1, "17 blocks of 64 KiB fill part of one segment"
+    stored = bytearray(segments[0].read_bytes())
+    stored[segment_shape(BLOCK).data_at(3) + BLOCK // 2] ^= 0x01
+    segments[0].write_bytes(bytes(stored))
     proxy.reset()
     with mounted(refs_path, tmp_path / "mnt", options, env=_env(local_s3)) as mount:
         assert _read_all(mount) == data

@@ -16,6 +16,7 @@ from refmount.mount.control import format_stats
 from refmount.mount.prometheus import render
 from refmount.read.cache import BlockCache
 from refmount.read.tiers import DiskTier, TierKey, TierStack
+from refmount.read.tiers.base import HEADER_SIZE
 from tests.support.backends import CountingBackend
 
 BLOCK = 4096
@@ -37,6 +38,18 @@ def cache_over(directory: Path, capacity: int = 1 << 30) -> tuple[BlockCache, Co
     cache = BlockCache(backend, capacity=1 << 20, block_size=BLOCK, max_request=8 * BLOCK, metrics=Metrics(),
                        tiers=TierStack([tier]), versions=backend.inner.version_of)
     return cache, backend, tier
+
+
+def fetched(backend: CountingBackend) -> int:
+    """Bytes the cache asked the archive for."""
+    return sum(rng.length for _, rng in backend.requests)
+
+
+def version_of(url: str) -> str:
+    """The version a fresh backend reports for ``url``, which the tier keys by."""
+    version = CountingBackend().inner.version_of(url)
+    assert version is not None
+    return version
 
 
 def test_a_fresh_cache_over_a_warm_directory_reads_without_a_get(blob, tmp_path):
@@ -72,49 +85,117 @@ def test_a_rewritten_object_is_never_answered_from_the_directory(blob, tmp_path)
     second.close()
 
 
-def test_a_corrupt_file_is_removed_and_the_block_fetched_again(blob, tmp_path):
+def test_a_corrupt_block_is_dropped_and_fetched_again_its_neighbours_still_served(blob, tmp_path):
     url, data = blob
     first, _, tier = cache_over(tmp_path / "disk")
-    first.read(url, ByteRange(0, BLOCK), len(data))
+    first.read(url, ByteRange(0, len(data)), len(data))
     first.close()
-    version = first._versions(url) if first._versions else None
-    assert version is not None
-    key = TierKey(url, version, BLOCK, 0)
-    path = tier.root / key.name[:2] / key.name
-    stored = bytearray(path.read_bytes())
-    stored[-7] ^= 0xFF
-    path.write_bytes(bytes(stored))
+    where = tier.location(TierKey(url, version_of(url), BLOCK, 5))
+    segment = bytearray(where.path.read_bytes())
+    segment[where.data + 7] ^= 0xFF
+    where.path.write_bytes(bytes(segment))
 
     second, backend, _ = cache_over(tmp_path / "disk")
-    assert second.read(url, ByteRange(0, BLOCK), len(data)) == data[:BLOCK]
-    assert backend.gets == 1
-    assert second.metrics.snapshot()["disk_cache_corrupt"] == 1
-    assert path.read_bytes() != bytes(stored), "the damaged file was replaced by the refetched block"
+    assert second.read(url, ByteRange(0, len(data)), len(data)) == data
+    assert backend.gets == 1 and fetched(backend) == BLOCK, "only the damaged block is fetched again"
+    figures = second.metrics.snapshot()
+    assert (figures["disk_cache_corrupt"], figures["disk_cache_hits"]) == (1, 16)
     second.close()
+    assert where.path.read_bytes()[where.data + 7] == data[5 * BLOCK + 7], "the refetched block was written back"
+
+    third, backend, _ = cache_over(tmp_path / "disk")
+    assert third.read(url, ByteRange(0, len(data)), len(data)) == data
+    assert backend.gets == 0
+    third.close()
+
+
+def test_a_truncated_segment_serves_the_blocks_before_the_cut_and_refetches_the_rest(blob, tmp_path):
+    url, data = blob
+    first, _, tier = cache_over(tmp_path / "disk")
+    first.read(url, ByteRange(0, len(data)), len(data))
+    first.close()
+    where = tier.location(TierKey(url, version_of(url), BLOCK, 9))
+    os.truncate(where.path, where.data + 100)  # inside block 9: blocks 10..16 are gone
+
+    second, backend, _ = cache_over(tmp_path / "disk")
+    assert second.read(url, ByteRange(0, len(data)), len(data)) == data
+    figures = second.metrics.snapshot()
+    assert figures["disk_cache_hits"] == 9 and figures["disk_cache_corrupt"] == 8  # their headers promise more
+    assert fetched(backend) == len(data) - 9 * BLOCK
+    second.close()
+
+    third, backend, _ = cache_over(tmp_path / "disk")
+    assert third.read(url, ByteRange(0, len(data)), len(data)) == data
+    assert backend.gets == 0, "the refetched blocks were written back"
+    third.close()
+
+
+@pytest.mark.parametrize("damage", ["cut inside its table", "another segment's header", "emptied"])
+def test_a_damaged_segment_is_removed_whole_and_its_blocks_fetched_again(blob, tmp_path, damage):
+    url, data = blob
+    first, _, tier = cache_over(tmp_path / "disk")
+    first.read(url, ByteRange(0, len(data)), len(data))
+    first.close()
+    where = tier.location(TierKey(url, version_of(url), BLOCK, 0))
+    if damage == "cut inside its table":
+        os.truncate(where.path, where.header + 10)
+    elif damage == "another segment's header":
+        other = tier.location(TierKey(url, "another version", BLOCK, 0))
+        tier.put(TierKey(url, "another version", BLOCK, 0), b"x" * BLOCK)
+        segment = bytearray(where.path.read_bytes())
+        segment[:HEADER_SIZE] = other.path.read_bytes()[:HEADER_SIZE]
+        where.path.write_bytes(bytes(segment))
+    else:
+        where.path.write_bytes(b"")
+
+    second, backend, _ = cache_over(tmp_path / "disk")
+    assert second.read(url, ByteRange(0, len(data)), len(data)) == data
+    figures = second.metrics.snapshot()
+    assert (figures["disk_cache_corrupt"], figures["disk_cache_hits"]) == (1, 0)
+    assert fetched(backend) == len(data)
+    second.close()
+    assert where.path.stat().st_size > len(data), "a new segment holds the refetched blocks"
 
 
 def test_the_sweeper_keeps_the_directory_in_budget_least_recently_used_first(tmp_path):
-    tier = DiskTier(tmp_path / "disk", 10 * BLOCK + 2000, touch_interval=0.0)
+    # One block per segment, so the unit of eviction is one block here; each takes two pages (table, data):
+    # the budget holds ten.
+    tier = DiskTier(tmp_path / "disk", 20 * BLOCK + 2000, touch_interval=0.0, segment_bytes=BLOCK)
     keys = [TierKey("s3://a/b", "v", BLOCK, index) for index in range(12)]
     for key in keys[:10]:
         tier.put(key, os.urandom(BLOCK))
     past = time.time() - 100
     for age, key in enumerate(keys[:10]):  # make the order of use certain: keys[0] oldest
-        path = tier.root / key.name[:2] / key.name
-        os.utime(path, (past + age, past + age))
+        os.utime(tier.location(key).path, (past + age, past + age))
     assert tier.get(keys[0]) is not None  # used now: the newest
     tier.put(keys[10], os.urandom(BLOCK))
     tier.put(keys[11], os.urandom(BLOCK))
+
     def path(key: TierKey) -> Path:
-        return tier.root / key.name[:2] / key.name
+        return tier.location(key).path
 
     deadline = time.monotonic() + 20
     while (path(keys[1]).exists() or tier.figures()["stored_bytes"] > tier.capacity) and time.monotonic() < deadline:
         time.sleep(0.05)
     kept = {key.index for key in keys if path(key).exists()}
-    on_disk = sum(path(keys[index]).stat().st_size for index in kept)
+    on_disk = sum(path(keys[index]).stat().st_blocks * 512 for index in kept)
     assert tier.figures()["stored_bytes"] == on_disk <= tier.capacity
     assert {0, 10, 11} <= kept and 1 not in kept and 2 not in kept
+    tier.close()
+
+
+def test_a_segment_is_evicted_whole_and_a_reader_holding_it_open_is_not_disturbed(tmp_path):
+    tier = DiskTier(tmp_path / "disk", 1 << 30, segment_bytes=4 * BLOCK)
+    blocks = {TierKey("s3://a/b", "v", BLOCK, index): os.urandom(BLOCK) for index in range(8)}  # two segments
+    for key, data in blocks.items():
+        tier.put(key, data)
+    reading = tier.get_many(list(blocks))
+    first = [next(reading)]  # the reader has both segments open now
+    tier.capacity = 1
+    tier.sweep()
+    assert not any(tier.location(key).path.exists() for key in blocks)
+    assert dict(first + list(reading)) == blocks, "an evicted segment stays readable through the open descriptor"
+    assert tier.get(next(iter(blocks))) is None
     tier.close()
 
 

@@ -57,20 +57,36 @@ class TierKey:
         return self.digest.hex()
 
 
+def frame_header(key: TierKey, data: bytes) -> bytes:
+    """The :data:`HEADER_SIZE` bytes that prove ``data`` is ``key``'s block, complete (kept apart by the disk tier)."""
+    return _HEADER.pack(MAGIC, key.digest, len(data), zlib.crc32(data))
+
+
 def frame(key: TierKey, data: bytes) -> bytes:
     """``data`` with the header that lets :func:`unframe` prove it is ``key``'s bytes, complete."""
-    return _HEADER.pack(MAGIC, key.digest, len(data), zlib.crc32(data)) + data
+    return frame_header(key, data) + data
+
+
+def announced_length(header: bytes) -> int | None:
+    """How many bytes of data a block header says follow it; None if ``header`` is not one."""
+    if len(header) < HEADER_SIZE:
+        return None
+    magic, _, length, _ = _HEADER.unpack_from(header)
+    return int(length) if magic == MAGIC else None
+
+
+def verifies(key: TierKey, header: bytes, data: bytes) -> bool:
+    """Whether ``header`` names ``key`` and ``data`` is exactly the bytes it was made for."""
+    if len(header) < HEADER_SIZE:
+        return False
+    magic, digest, length, checksum = _HEADER.unpack_from(header)
+    return bool(magic == MAGIC and digest == key.digest and length == len(data) and zlib.crc32(data) == checksum)
 
 
 def unframe(key: TierKey, stored: bytes) -> bytes | None:
     """The block ``stored`` holds if it is ``key``'s, whole and unchanged; None otherwise."""
-    if len(stored) < HEADER_SIZE:
-        return None
-    magic, digest, length, checksum = _HEADER.unpack_from(stored)
     data = stored[HEADER_SIZE:]
-    if magic != MAGIC or digest != key.digest or length != len(data) or zlib.crc32(data) != checksum:
-        return None
-    return data
+    return data if verifies(key, stored[:HEADER_SIZE], data) else None
 
 
 class TierFigures:
