@@ -249,3 +249,19 @@ def test_tier_figures_reach_refmount_stats_and_prometheus(blob, tmp_path):
     assert f'refmount_disk_cache_bytes_written_total{{mountpoint="/mnt"}} {len(data)}' in exposition
     assert "# TYPE refmount_disk_cache_stored_bytes gauge" in exposition
     assert "shared_cache" not in exposition, "a tier that is not configured shows no figures"
+
+
+def test_blocks_of_the_earlier_one_file_per_block_layout_are_removed(tmp_path):
+    """They count against no budget: left in place they would fill the disk beside the bounded cache."""
+    old = tmp_path / "refmount-blocks-v1" / "ab"
+    old.mkdir(parents=True)
+    (old / "block").write_bytes(b"x" * 4096)
+    tier = DiskTier(tmp_path, 1 << 20)
+    try:
+        deadline = time.monotonic() + 10
+        while any(p.name.startswith((".refmount-blocks-v1", "refmount-blocks-v1")) for p in tmp_path.iterdir()):
+            assert time.monotonic() < deadline, list(tmp_path.iterdir())
+            time.sleep(0.01)
+        assert (tmp_path / "refmount-segments-v1").is_dir()
+    finally:
+        tier.close()

@@ -68,6 +68,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -92,6 +93,8 @@ LOW_WATER = 0.9
 #: Temporary files older than this are left over from a crash and removed by the sweeper.
 STALE_TEMPORARY = 3600.0
 LAYOUT = "refmount-segments-v1"
+#: Layouts earlier versions wrote into DIR: their files count against no budget, so they are removed.
+EARLIER_LAYOUTS = ("refmount-blocks-v1",)
 #: Bytes of an object one segment covers (fewer when the block size does not divide it).
 SEGMENT_BYTES = 8 << 20
 #: Most blocks in one segment, which bounds its table (52 bytes a slot) for small block sizes.
@@ -429,7 +432,25 @@ class DiskTier:
         except OSError as exc:
             self._warn(exc)
             return False
+        self._remove_earlier_layouts()
         return True
+
+    def _remove_earlier_layouts(self) -> None:
+        """Move an earlier version's layout out of the way at once and delete it in the background."""
+        for name in EARLIER_LAYOUTS:
+            old = self.directory / name
+            if not old.is_dir() or old.is_symlink():
+                continue
+            doomed = self.directory / f".{name}.removing.{os.getpid()}"  # outside the layout: never swept as segments
+            try:
+                old.rename(doomed)
+            except OSError as exc:
+                log.warning("disk cache %s: cannot remove the earlier layout %s: %s", self.directory, name,
+                            exc.strerror or exc)
+                continue
+            log.info("disk cache %s: removing blocks stored in the earlier layout %s", self.directory, name)
+            threading.Thread(target=shutil.rmtree, args=(doomed,), kwargs={"ignore_errors": True},
+                             name="refmount-disk-cleanup", daemon=True).start()
 
     def _stop_writing(self, exc: OSError) -> None:
         with self._lock:
