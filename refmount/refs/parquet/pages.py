@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from refmount.refs.parquet.thrift import ThriftError, read_struct
+from refmount.refs.parquet.thrift import ThriftError, read_struct, read_varint
 
 __all__ = ["CODECS", "Column", "Unsupported"]
 
@@ -220,18 +220,10 @@ def _decompress(body: memoryview, size: int, codec: str) -> memoryview:
 
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
-    if pos < end and data[pos] < 0x80:  # a run of fewer than 64 values
-        return data[pos], pos + 1
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 35:
-            raise Unsupported("truncated run header")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return read_varint(data, pos, end, max_shift=35)  # run headers are 32-bit
+    except ThriftError:
+        raise Unsupported("truncated run header") from None
 
 
 def _hybrid(data: memoryview, pos: int, end: int, width: int, index: int, *, count: bool) -> tuple[int, int]:

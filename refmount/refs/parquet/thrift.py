@@ -29,12 +29,19 @@ class ThriftError(ValueError):
     """Bytes that are not a well-formed compact-protocol struct."""
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    if pos < len(data) and data[pos] < 0x80:  # most numbers in a page header take one byte
+def read_varint(data: bytes | memoryview, pos: int, end: int | None = None, *, max_shift: int = 63) -> tuple[int, int]:
+    """The unsigned LEB128 number at ``pos`` (Thrift's compact varints, Parquet's run headers), and the next position.
+
+    ``end`` bounds the bytes it may read (default: all of ``data``);
+    ``max_shift`` the number's width, so a run of continuation bytes in a
+    damaged file ends in :class:`ThriftError` instead of a huge number.
+    """
+    stop = len(data) if end is None else end
+    if pos < stop and data[pos] < 0x80:  # most numbers take one byte
         return data[pos], pos + 1
     value = shift = 0
     while True:
-        if pos >= len(data) or shift > 63:
+        if pos >= stop or shift > max_shift:
             raise ThriftError("truncated or overlong varint")
         byte = data[pos]
         pos += 1
@@ -45,7 +52,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _zigzag(data: bytes, pos: int) -> tuple[int, int]:
-    value, pos = _varint(data, pos)
+    value, pos = read_varint(data, pos)
     return (value >> 1) ^ -(value & 1), pos
 
 
@@ -63,7 +70,7 @@ def _value(data: bytes, pos: int, kind: int, depth: int) -> tuple[Any, int]:
             raise ThriftError("truncated double")
         return data[pos : pos + 8], pos + 8
     if kind == _BINARY:
-        length, pos = _varint(data, pos)
+        length, pos = read_varint(data, pos)
         if pos + length > len(data):
             raise ThriftError("truncated binary")
         return data[pos : pos + length], pos + length
@@ -78,7 +85,7 @@ def _value(data: bytes, pos: int, kind: int, depth: int) -> tuple[Any, int]:
         pos += 1
         count, element = header >> 4, header & 0x0F
         if count == 15:
-            count, pos = _varint(data, pos)
+            count, pos = read_varint(data, pos)
         if count > len(data) - pos:  # every element takes a byte at least
             raise ThriftError("list longer than its bytes")
         items = []
@@ -91,7 +98,7 @@ def _value(data: bytes, pos: int, kind: int, depth: int) -> tuple[Any, int]:
             items.append(item)
         return items, pos
     if kind == _MAP:
-        count, pos = _varint(data, pos)
+        count, pos = read_varint(data, pos)
         if not count:
             return [], pos
         if pos >= len(data) or count > len(data) - pos:
