@@ -10,6 +10,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+# hdf5plugin first, before anything imports netCDF4: netCDF4 points HDF5_PLUGIN_PATH at its own
+# filter plugins, built against its own copy of HDF5. hdf5plugin registers a filter with h5py only
+# when h5py does not already find one, and h5py would find netCDF4's, which then fails inside h5py's
+# HDF5 ("error during user callback") when a test writes a Blosc or Zstd dataset.
+import hdf5plugin  # noqa: F401
 import pytest
 
 from refmount.devtools.localstore import LocalS3, LocalS3Error
