@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from refmount.errors import IsADirectory, NoAttribute, ReadOnly
-from refmount.fs.served import WRITE_FLAGS, XATTR_PREFIX, TreeOwner, statfs_figures
+from refmount.errors import IsADirectory, NoAttribute, ReadOnly, RefmountError
+from refmount.fs.served import UNKNOWN, WRITE_FLAGS, XATTR_PREFIX, Entry, Listing, TreeOwner, statfs_figures
 from refmount.read.reader import Reader
-from refmount.refs.tree import Dir, File, ReferenceTree
+from refmount.refs.tree import Dir, File, ReferenceTree, inode_of
 
 __all__ = ["RefFilesystem", "TreeOwner"]
 
@@ -61,6 +62,36 @@ class RefFilesystem:
     def readdir(self, path: str) -> Iterable[str]:
         """Names in a directory, streamed; asks the store only for Parquet record files."""
         return itertools.chain((".", ".."), self.namespace.listdir(path))
+
+    def listing(self, path: str) -> Listing:
+        """Names in a directory with the attributes :meth:`getattr` gives them, where those cost no I/O.
+
+        Each name is looked up in the tree (in memory for JSON sets; a Parquet
+        set's record file, which ``stat`` would read anyway); a file whose size
+        only the store knows, or a planned-on-demand netCDF file, goes without
+        attributes, and so does an entry whose lookup fails (its ``stat`` reports why).
+        """
+        names = self.namespace.listdir(path)  # NotFound / NotADirectory now, not mid-listing
+        key = path.strip("/")
+        return Listing(
+            self.owner.file_attrs(0, 0, self.reader.cache.block_size, self.mtime),
+            self.owner.dir_attrs(0, 2, self.mtime),
+            self._entries(key + "/" if key else "", names),
+        )
+
+    def _entries(self, prefix: str, names: Iterable[str]) -> Iterator[Entry]:
+        lookup, listed_size, subdirectories = self.namespace.lookup, self.reader.listed_size, self.namespace.subdirectory_count
+        for name in names:
+            try:
+                node = lookup(prefix + name)
+            except RefmountError:
+                yield name, inode_of(prefix + name), 0, UNKNOWN
+                continue
+            if isinstance(node, Dir):
+                yield name, node.inode, stat.S_IFDIR, 2 + subdirectories(node.path)
+            else:
+                size = listed_size(node.ref)
+                yield name, node.inode, stat.S_IFREG, UNKNOWN if size is None else size
 
     def statfs(self) -> dict[str, int]:
         return statfs_figures(len(self.namespace) + self.namespace.directory_count)

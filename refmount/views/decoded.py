@@ -371,6 +371,7 @@ class RawReader(Protocol):
     @property
     def metrics(self) -> Metrics: ...
     def size(self, ref: Reference) -> int: ...
+    def listed_size(self, ref: Reference) -> int | None: ...
     def read(self, file: File, offset: int, size: int) -> bytes: ...
     def describe(self, file: File) -> dict[str, str]: ...
     def close(self) -> None: ...
@@ -396,6 +397,11 @@ class DecodingReader:
         if isinstance(ref, DecodedChunk):
             return ref.size
         return self.raw.size(ref)
+
+    def listed_size(self, ref: Reference) -> int | None:
+        if isinstance(ref, DecodedChunk):
+            return ref.size
+        return self.raw.listed_size(ref)
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         ref = file.ref
