@@ -71,13 +71,27 @@ class RefFilesystem:
         only the store knows, or a planned-on-demand netCDF file, goes without
         attributes, and so does an entry whose lookup fails (its ``stat`` reports why).
         """
-        names = self.namespace.listdir(path)  # NotFound / NotADirectory now, not mid-listing
         key = path.strip("/")
+        prefix = key + "/" if key else ""
+        sized = getattr(self.namespace, "listdir_sizes", None)
+        if sized is not None and type(self.reader) is Reader:  # the raw view of a compact tree: sizes in bulk
+            entries = self._sized_entries(prefix, sized(path))
+        else:
+            entries = self._entries(prefix, self.namespace.listdir(path))  # NotFound / NotADirectory now
         return Listing(
             self.owner.file_attrs(0, 0, self.reader.cache.block_size, self.mtime),
             self.owner.dir_attrs(0, 2, self.mtime),
-            self._entries(key + "/" if key else "", names),
+            entries,
         )
+
+    def _sized_entries(self, prefix: str, names: Iterator[tuple[str, int | None]]) -> Iterator[Entry]:
+        """Entries from a tree that states its files' sizes with their names (what the raw reader answers)."""
+        subdirectories = self.namespace.subdirectory_count
+        for name, size in names:
+            if size is None:
+                yield name, inode_of(prefix + name), stat.S_IFDIR, 2 + subdirectories(prefix + name)
+            else:
+                yield name, inode_of(prefix + name), stat.S_IFREG, UNKNOWN if size < 0 else size
 
     def _entries(self, prefix: str, names: Iterable[str]) -> Iterator[Entry]:
         lookup, listed_size, subdirectories = self.namespace.lookup, self.reader.listed_size, self.namespace.subdirectory_count
