@@ -165,4 +165,4 @@ def _build_d4(data: Datasets, scale: float, store: Any) -> None:
     data.refs_d4 = data.root / "D4.refs.json"
     data.refs_d4.write_text(json.dumps({"version": 1, "refs": refs}))
     data.d4_keys = len(refs)
-    data.d4_tree = tree
+    data.d4_tree = tree.resolve()  # the directory itself, should the work directory link to it
