@@ -43,6 +43,11 @@ place (:mod:`refmount.fs.dirstream`). libfuse creates the entry with the
 entry and attribute timeouts of a ``lookup``. The adaptive mode
 (READDIRPLUS_AUTO) is turned off: it sends attributes for the first buffer
 only, and ``ls -l`` lists the whole directory before its first ``stat``.
+The price is paid by repeated listings: each kernel request is now a call
+into Python, where the zero-offset mode had libfuse answer all but the first
+from its own copy. The kernel's readdir cache (FOPEN_CACHE_DIR) would spare
+them the daemon, but libfuse 3.14's high-level ``opendir`` does not pass the
+flag on (libfuse issue 821, fixed in 3.16 by pull request 822).
 """
 
 from __future__ import annotations
