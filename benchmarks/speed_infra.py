@@ -150,6 +150,33 @@ def foreground_mount(
             proc.wait()
 
 
+def rclone_command(bucket: str, mountpoint: Path, endpoint_url: str, access_key: str,
+                   secret_key: str) -> tuple[list[str], dict[str, str]]:
+    """``rclone mount`` of ``bucket`` read-only with its VFS cache off, and the environment that configures it.
+
+    The remote is configured through ``RCLONE_CONFIG_BENCH_*`` so no config file (and no secret in argv) is needed.
+    """
+    env = clean_env({
+        "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+        "RCLONE_CONFIG_BENCH_ENDPOINT": endpoint_url,
+        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": access_key,
+        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": secret_key,
+        "RCLONE_CONFIG_BENCH_REGION": "us-east-1", "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+    }, drop=("AWS_CA_BUNDLE",))  # rclone refuses to start while AWS_CA_BUNDLE is set
+    command = ["rclone", "mount", f"bench:{bucket}", str(mountpoint), "--read-only", "--vfs-cache-mode", "off",
+               "--config", "/dev/null"]
+    return command, env
+
+
+def s3fs_command(bucket: str, mountpoint: Path, endpoint_url: str, access_key: str, secret_key: str,
+                 passwd: Path) -> list[str]:
+    """``s3fs`` (s3fs-fuse) mounting ``bucket`` read-only in the foreground; the keys go to ``passwd`` (mode 600)."""
+    passwd.write_text(f"{access_key}:{secret_key}\n")
+    passwd.chmod(0o600)
+    return ["s3fs", bucket, str(mountpoint), "-f", "-o",
+            f"url={endpoint_url},use_path_request_style,passwd_file={passwd},ro,endpoint=us-east-1"]
+
+
 def _tail(path: Path, n: int = 600) -> str:
     try:
         return path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")

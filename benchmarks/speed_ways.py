@@ -34,6 +34,8 @@ from speed_infra import (
     drop_page_cache,
     foreground_mount,
     percentile,
+    rclone_command,
+    s3fs_command,
 )
 
 MiB = 1 << 20
@@ -409,24 +411,13 @@ class Bench:
 
     def rclone(self, name: str) -> None:
         mnt = self.work / "mnt" / "rclone"
-        env = clean_env({
-            "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
-            "RCLONE_CONFIG_BENCH_ENDPOINT": self.proxy.endpoint_url,
-            "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": self.store.access_key,
-            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": self.store.secret_key,
-            "RCLONE_CONFIG_BENCH_REGION": "us-east-1", "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
-        }, drop=("AWS_CA_BUNDLE",))  # rclone refuses to start while AWS_CA_BUNDLE is set
-        cmd = ["rclone", "mount", f"bench:{BUCKET}", str(mnt), "--read-only", "--vfs-cache-mode", "off",
-               "--config", "/dev/null"]
+        cmd, env = rclone_command(BUCKET, mnt, self.proxy.endpoint_url, self.store.access_key, self.store.secret_key)
         self.guarded("h5py on rclone mount", name, "cold", lambda: self._peer_mount("h5py on rclone mount", name, cmd, mnt, env))
 
     def s3fs_fuse(self, name: str) -> None:
         mnt = self.work / "mnt" / "s3fs-fuse"
-        passwd = self.work / "s3fs.passwd"
-        passwd.write_text(f"{self.store.access_key}:{self.store.secret_key}\n")
-        passwd.chmod(0o600)
-        cmd = ["s3fs", BUCKET, str(mnt), "-f", "-o",
-               f"url={self.proxy.endpoint_url},use_path_request_style,passwd_file={passwd},ro,endpoint=us-east-1"]
+        cmd = s3fs_command(BUCKET, mnt, self.proxy.endpoint_url, self.store.access_key, self.store.secret_key,
+                           self.work / "s3fs.passwd")
         self.guarded("h5py on s3fs-fuse mount", name, "cold",
                      lambda: self._peer_mount("h5py on s3fs-fuse mount", name, cmd, mnt, clean_env({})))
 

@@ -13,14 +13,14 @@ import argparse
 import logging
 import sys
 import time
-from typing import Any
 
-from refmount.cli.scan import parse_storage_options
+from refmount.cli.storage import add_storage_arguments, command_storage_options
 from refmount.errors import ConfigError, RefmountError
 from refmount.refs.kerchunk.write import write_json
 from refmount.refs.open import open_reference_set
 from refmount.refs.parquet.layout import DEFAULT_RECORD_SIZE
 from refmount.refs.parquet.write import write_parquet
+from refmount.store.options import protocol_options
 
 log = logging.getLogger("refmount.convert")
 
@@ -39,12 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"references per Parquet record file (default {DEFAULT_RECORD_SIZE}, as fsspec)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace TARGET if it exists")
-    parser.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="fsspec storage option for reading SOURCE and writing TARGET (VALUE parsed as JSON when it parses)",
-    )
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint URL")
-    parser.add_argument("--anon", action="store_true", help="access S3 anonymously")
+    add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,21 +47,20 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        options = parse_storage_options(args.storage_option, args.endpoint_url, args.anon)
-        read_options = _reading_options(args.source, options)
-        info, namespace = open_reference_set(args.source, read_options)
+        options = command_storage_options(args.storage_option, [args.source, args.target], args.endpoint_url, args.anon)
+        info, namespace = open_reference_set(args.source, protocol_options(args.source, options))
         target_format = args.to or ("json" if info.format == "parquet" else "parquet")
         if target_format == "parquet":
             if args.target == "-":
                 raise ConfigError("a Parquet set is a directory: give a directory TARGET, not '-'")
             counts = write_parquet(
                 namespace.iter_references, args.target, record_size=args.record_size,
-                storage_options=_reading_options(args.target, options), overwrite=args.overwrite,
+                storage_options=protocol_options(args.target, options), overwrite=args.overwrite,
             )
             summary = f"{counts['keys']} keys, {counts['record_files']} record files"
         else:
             keys = write_json(namespace.iter_references(), args.target,
-                              storage_options=_reading_options(args.target, options), overwrite=args.overwrite)
+                              storage_options=protocol_options(args.target, options), overwrite=args.overwrite)
             summary = f"{keys} keys"
     except RefmountError as exc:
         print(f"refmount convert: {exc}", file=sys.stderr)
@@ -77,15 +71,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"refmount convert: {args.source} ({info.format}) -> {args.target} ({target_format}): {summary} "
           f"in {time.monotonic() - started:.1f}s", file=sys.stderr)
     return 0
-
-
-def _reading_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Storage options apply to remote URLs only (a local path takes none)."""
-    if "://" not in url or url.startswith("file://"):
-        return {}
-    protocol = url.split("://", 1)[0]
-    if protocol == "s3" and "endpoint_url" in options:
-        options = dict(options)
-        endpoint = options.pop("endpoint_url")
-        options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
-    return options

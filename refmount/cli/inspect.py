@@ -5,11 +5,18 @@ cleanly mounts cleanly. The summary lists every array with its codecs and
 whether each codec is installed, which tells a user before mounting what a
 reader will be able to decode, what netCDF-C still cannot read through the
 decoded view, and which files the netCDF view shows and what they leave out.
+
+The options that change this are those of the option table marked
+``inspect``: where the set is and how to reach it (store, credentials,
+``allow``, ``ref``, ``record_cache``) and how a mount would show it
+(``view``, ``zarr_format``, ``netcdf_format``, ``max_decoded_chunk``). The
+view and Zarr format decide which of the notes count as problems.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -25,9 +32,11 @@ from refmount.refs.open import open_reference_set
 from refmount.refs.tree import ReferenceTree
 from refmount.store.policy import UrlPolicy
 from refmount.urls import protocol_of, redact_url
+from refmount.views.decoded import DEFAULT_MAX_DECODED_CHUNK
 from refmount.views.netcdf.report import FileReport, netcdf_c_problem, netcdf_files
+from refmount.views.present import check_view_applies
 from refmount.views.zarr3_meta import NotTranslatable, array_metadata
-from refmount.views.zarr_meta import is_object_dtype, unavailable_codecs
+from refmount.views.zarr_meta import is_object_dtype, numpy_dtype, unavailable_codecs
 
 
 @dataclass
@@ -59,6 +68,9 @@ class Summary:
     refused_urls: int = 0
     arrays: list[ArraySummary] = field(default_factory=list)
     netcdf_files: list[FileReport] = field(default_factory=list)  # what -o view=netcdf shows
+    view: str = "raw"  # the view and Zarr format the problems are counted for
+    zarr_format: int = 2
+    problems: list[str] = field(default_factory=list)  # what would not read in that view: exit 1 if any
 
 
 def codec_ids(zarray: dict[str, Any]) -> list[str]:
@@ -85,14 +97,18 @@ def missing_codecs(ids: list[str]) -> list[str]:
 
 def summarise(
     source: str, refs: Mapping[str, Reference] | Iterable[tuple[str, Reference]], namespace: ReferenceTree, policy: UrlPolicy,
-    *, set_name: str = "data", netcdf_format: str = "auto",
+    *, set_name: str = "data", netcdf_format: str = "auto", view: str = "raw", zarr_format: int = 2,
+    max_decoded_chunk: int = DEFAULT_MAX_DECODED_CHUNK,
 ) -> Summary:
     """One streaming pass over ``refs`` (a mapping, or an iterable of (key, reference) pairs).
 
     ``set_name`` and ``netcdf_format`` say how the netCDF view would name
-    and write the set's files (inline metadata only).
+    and write the set's files (inline metadata only); ``view``,
+    ``zarr_format`` and ``max_decoded_chunk`` are the mount options whose
+    view the problems are counted for.
     """
-    summary = Summary(source=redact_url(source), keys=0, directories=namespace.directory_count)
+    summary = Summary(source=redact_url(source), keys=0, directories=namespace.directory_count, view=view,
+                      zarr_format=zarr_format)
     urls: set[str] = set()
     chunk_counts: Counter[str] = Counter()
     zarrays: list[tuple[str, bytes]] = []
@@ -136,12 +152,36 @@ def summarise(
             ArraySummary(
                 name=name, shape=meta.get("shape", []), chunks=meta.get("chunks", []), dtype=meta.get("dtype"),
                 codecs=ids, missing_codecs=missing, chunk_keys=chunk_counts.get(name.strip("/"), 0),
-                decoded_view=_decoded_view_note(meta, ids, missing),
+                decoded_view=_decoded_view_note(meta, ids, missing, max_decoded_chunk),
                 zarr3_view=_zarr3_view_note(meta), netcdf_c=netcdf_c_problem(meta),
             )
         )
     summary.netcdf_files = netcdf_files(set_name, docs, stored, netcdf_format)
+    summary.problems = problems(summary)
     return summary
+
+
+def problems(summary: Summary) -> list[str]:
+    """What would not read through a mount in the summary's view and Zarr format, one line each.
+
+    Unreachable objects and missing codecs count in every view; chunks the
+    decoded view would refuse count under ``decoded`` and ``netcdf``, arrays
+    without a ``zarr.json`` under ``zarr_format=3``, and variables a netCDF
+    file leaves out under ``netcdf``.
+    """
+    found = []
+    if summary.refused_urls:
+        found.append(f"{summary.refused_urls} object(s) outside the allowed URLs")
+    for array in summary.arrays:
+        if array.missing_codecs:
+            found.append(f"{array.name}: codec {', '.join(array.missing_codecs)} unavailable")
+        elif summary.view != "raw" and array.decoded_view.startswith("chunks read as EIO"):
+            found.append(f"{array.name}: {array.decoded_view}")
+        if summary.zarr_format == 3 and array.zarr3_view.startswith("no zarr.json"):
+            found.append(f"{array.name}: {array.zarr3_view}")
+    if summary.view == "netcdf":
+        found.extend(f"{report.name}: left out: {item}" for report in summary.netcdf_files for item in report.left_out)
+    return found
 
 
 def _parsed(data: bytes) -> dict[str, Any]:
@@ -152,13 +192,26 @@ def _parsed(data: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _decoded_view_note(meta: dict[str, Any], ids: list[str], missing: list[str]) -> str:
+def _decoded_view_note(meta: dict[str, Any], ids: list[str], missing: list[str], max_decoded_chunk: int) -> str:
     """How ``-o view=decoded`` presents an array: decoded, kept with its codec, or EIO."""
     if is_object_dtype(meta):
         return f"keeps codec {'+'.join(ids) or 'none'} (object dtype)"
     if missing:
         return f"chunks read as EIO (codec {', '.join(missing)} unavailable)"
+    size = _decoded_chunk_bytes(meta)
+    if ids and size > max_decoded_chunk:
+        return f"chunks read as EIO (each decodes to {size} bytes, more than max_decoded_chunk {max_decoded_chunk})"
     return "decoded" if ids else "unchanged"
+
+
+def _decoded_chunk_bytes(meta: dict[str, Any]) -> int:
+    """Bytes of one decoded chunk, at most as the decoded view checks it (a dimension shorter than a chunk counts
+    its length, as an array smaller than its chunk is shown trimmed); 0 if the metadata does not say."""
+    try:
+        dims = [min(int(c), int(n)) if int(n) > 0 else int(c) for c, n in zip(meta["chunks"], meta["shape"], strict=True)]
+        return numpy_dtype(meta["dtype"]).itemsize * math.prod(dims)
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 def _zarr3_view_note(meta: dict[str, Any]) -> str:
@@ -172,6 +225,7 @@ def _zarr3_view_note(meta: dict[str, Any]) -> str:
 def render(summary: Summary) -> str:
     lines = [
         f"reference set  {summary.source}",
+        f"view           {summary.view}, zarr format {summary.zarr_format} (see --view, --zarr-format)",
         f"keys           {summary.keys} ({summary.directories} directories)",
         f"inline         {summary.inline} keys, {summary.inline_bytes} bytes",
         f"ranges         {summary.ranges} keys, {summary.range_bytes} bytes",
@@ -201,20 +255,25 @@ def render(summary: Summary) -> str:
             lines.append(f"  {report.name:<24} {report.format}, {len(report.variables)} variables")
             lines.extend(f"    left out: {item}" for item in report.left_out)
             lines.extend(f"    note: {item}" for item in report.notes)
+    if summary.problems:
+        lines.append(f"problems (view={summary.view}, zarr_format={summary.zarr_format}):")
+        lines.extend(f"  {item}" for item in summary.problems)
     return "\n".join(lines)
 
 
 def run_inspect(config: MountConfig, *, as_json: bool = False) -> int:
     """Print the summary; exit 1 when something would not read, 0 when all is well."""
 
-    _, namespace = open_reference_set(config.source, reference_storage_options(config))
+    info, namespace = open_reference_set(config.source, reference_storage_options(config),
+                                         record_cache=config.record_cache, ref=config.ref)
+    check_view_applies(config.view, info.format, redact_url(config.source))
     summary = summarise(config.source, namespace.iter_references(), namespace, backend_options(config).policy,
-                        set_name=single_set_name(config.source), netcdf_format=config.netcdf_format)
+                        set_name=single_set_name(config.source), netcdf_format=config.netcdf_format,
+                        view=config.view, zarr_format=config.zarr_format, max_decoded_chunk=config.max_decoded_chunk)
     if as_json:
         print(json.dumps(asdict(summary), indent=2, default=str))
     else:
         print(render(summary))
-    problems = summary.refused_urls + sum(bool(a.missing_codecs) for a in summary.arrays)
-    if problems:
-        print(f"refmount inspect: {problems} problem(s) found", file=sys.stderr)
-    return 1 if problems else 0
+    if summary.problems:
+        print(f"refmount inspect: {len(summary.problems)} problem(s) found", file=sys.stderr)
+    return 1 if summary.problems else 0

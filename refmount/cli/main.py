@@ -25,25 +25,38 @@ from refmount.cli.secretargs import (
     take_handover,
     write_handover,
 )
+from refmount.cli.storage import (
+    STORAGE_OPTION,
+    STORAGE_OPTION_HELP,
+    STORAGE_OPTION_METAVAR,
+    storage_options_as_mount_options,
+)
 from refmount.config.file import load_config
 from refmount.config.options import (
     OPTIONS,
     MountConfig,
+    Option,
     parse_mount_options,
+    parse_size,
     parse_value,
 )
 from refmount.devtools.demo import run_demo
 from refmount.errors import ConfigError, RefmountError
 from refmount.mount import background, control, mountpoint, serve
-from refmount.urls import protocol_of
 
 
-def _add_mount_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per entry of the option table, plus -o for mount-style options."""
-    group = parser.add_argument_group("mount options (also accepted as -o name=value)")
+def _add_mount_options(parser: argparse.ArgumentParser, *, only_inspect: bool = False) -> None:
+    """One flag per entry of the option table (with ``only_inspect``, per entry inspect takes), -o and --storage-option."""
+    if only_inspect:
+        group = parser.add_argument_group(
+            "options that change how the set is loaded or summarised (also accepted as -o name=value)")
+    else:
+        group = parser.add_argument_group("mount options (also accepted as -o name=value)")
     for option in OPTIONS:
+        if only_inspect and not option.inspect:
+            continue
         flag = "--" + option.name.replace("_", "-")
-        default = "" if option.default in (None, ()) else f" (default: {_show_default(option.name, option.default)})"
+        default = "" if option.default in (None, ()) else f" (default: {_show_default(option)})"
         if option.is_flag:
             group.add_argument(flag, dest=option.name, action="store_true", default=None, help=option.help + default)
             if option.default is True:
@@ -53,83 +66,38 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                 )
         else:
             group.add_argument(flag, dest=option.name, metavar=option.metavar, default=None, help=option.help + default)
-    parser.add_argument(
-        "-o", dest="mount_options", action="append", default=[], metavar="OPTS",
-        help="comma-separated options as mount(8) takes them, e.g. -o cache_size=4G,endpoint_url=http://rgw:8080; "
-        "PROTOCOL.NAME=VALUE passes NAME to that protocol's fsspec filesystem (e.g. s3.requester_pays=true)",
-    )
-    parser.add_argument(
-        STORAGE_OPTION, dest="storage_option", action="append", default=[], metavar="[PROTOCOL.]KEY=VALUE",
-        help="fsspec storage option, spelled as refmount scan takes it; without PROTOCOL it is for the protocol "
-        "of REFS; the same as -o PROTOCOL.KEY=VALUE (credentials given either way never show in ps); repeatable",
-    )
+    o_help = ("comma-separated options as mount(8) takes them, e.g. -o cache_size=4G,endpoint_url=http://rgw:8080; "
+              "PROTOCOL.NAME=VALUE passes NAME to that protocol's fsspec filesystem (e.g. s3.requester_pays=true)")
+    if only_inspect:
+        o_help = ("comma-separated mount options, e.g. the options of an fstab line pasted as they are: every mount "
+                  "option is accepted and checked, and those not listed above (uid, cache_size, allow_other, ...) "
+                  "change nothing here (config=FILE: give --config FILE); PROTOCOL.NAME=VALUE passes NAME to that "
+                  "protocol's fsspec filesystem")
+    parser.add_argument("-o", dest="mount_options", action="append", default=[], metavar="OPTS", help=o_help)
+    parser.add_argument(STORAGE_OPTION, dest="storage_option", action="append", default=[],
+                        metavar=STORAGE_OPTION_METAVAR, help=STORAGE_OPTION_HELP)
 
 
-#: The flag ``refmount scan`` takes for fsspec options; mount and inspect take it too.
-STORAGE_OPTION = "--storage-option"
-
-
-def storage_options_as_mount_options(argv: Sequence[str], source: str | None) -> list[str]:
-    """``argv`` with each ``--storage-option [PROTOCOL.]KEY=VALUE`` turned into ``-o PROTOCOL.KEY=VALUE``.
-
-    One spelling for both commands: scan's flag, read exactly as ``-o`` reads
-    a storage option, so the credential handling of ``-o`` (kept out of ps)
-    covers it. A KEY without PROTOCOL is for the protocol of ``source``.
-    """
-    out: list[str] = []
-    items = list(argv)
-    index = 0
-    while index < len(items):
-        item = items[index]
-        if item == "--":
-            out.extend(items[index:])
-            break
-        if item == STORAGE_OPTION and index + 1 < len(items):
-            text, index = items[index + 1], index + 2
-        elif item.startswith(STORAGE_OPTION + "="):
-            text, index = item[len(STORAGE_OPTION) + 1 :], index + 1
-        else:
-            out.append(item)
-            index += 1
-            continue
-        out += ["-o", _as_mount_option(text, source)]
-    return out
-
-
-def _as_mount_option(text: str, source: str | None) -> str:
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"{STORAGE_OPTION} {text!r}: expected [PROTOCOL.]KEY=VALUE")
-    if "," in value:
-        raise ConfigError(f"{STORAGE_OPTION} {key}: a value with a comma cannot be passed on the command line; "
-                          "put it in a --config file ([storage_options.PROTOCOL] table)")
-    if "." not in key:
-        protocol = protocol_of(source) if source else "file"
-        if protocol == "file":
-            raise ConfigError(f"{STORAGE_OPTION} {key}: REFS is local, so say which protocol the option is for "
-                              f"({STORAGE_OPTION} s3.{key}=...)")
-        key = f"{protocol}.{key}"
-    return f"{key}={value}"
-
-
-def _show_default(name: str, value: Any) -> str:
-    if name in ("cache_size", "block_size", "max_request", "readahead") and isinstance(value, int):
+def _show_default(option: Option) -> str:
+    value = option.default
+    if option.parse is parse_size and isinstance(value, int):
         for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
             if value % size == 0:
                 return f"{value // size}{unit}"
-    if name == "umask":
+    if option.name == "umask":
         return f"{value:03o}"
     return str(value)
 
 
 #: What REFS may be, for the help of every command that takes one.
 REFS_FORMS = (
-    "REFS is a kerchunk JSON file (v0 or v1; plain or compressed: .gz, .bz2, .xz, .zst) or a Parquet reference "
-    "directory (fsspec's layout), as a local path or an fsspec URL (s3://, gs://, https://, ...); or a directory "
-    "or URL prefix holding many such sets, each mounted as a subdirectory."
+    "REFS is a kerchunk JSON file (v0 or v1; plain or compressed: .gz, .bz2, .xz, .zst), a Parquet reference "
+    "directory (fsspec's layout) or an Icechunk repository (branch main, or -o ref=), as a local path or an fsspec "
+    "URL (s3://, gs://, https://, ...); or a directory or URL prefix holding many such sets, each mounted as a "
+    "subdirectory."
 )
-REFS_HELP = "reference set: JSON file or Parquet directory, path or URL, plain or compressed; or a directory/prefix of sets"
+REFS_HELP = ("reference set: JSON file or Parquet directory (path or URL, plain or compressed), Icechunk repository; "
+             "or a directory/prefix of sets")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,12 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect", help="load and check a reference set without mounting it",
-        description="Validate a reference set and summarise it: keys, arrays, codecs, objects and bytes referenced. "
-        "Takes every mount option, so it loads the set as that mount would. " + REFS_FORMS,
+        description="Validate a reference set and summarise it: keys, arrays, codecs, objects and bytes referenced, "
+        "and what each view shows. It loads the set as a mount with the same options would; it takes the options "
+        "that change that or the summary as flags, and any mount option in -o. Exit 1 when something would not "
+        "read in the view and Zarr format given. " + REFS_FORMS,
     )
-    inspect.add_argument("source", metavar="REFS", help=REFS_HELP)
+    inspect.add_argument("source", metavar="REFS", nargs="?", help=REFS_HELP)
+    inspect.add_argument("--config", metavar="FILE",
+                         help="a mount's TOML file: its source (unless REFS is given) and options (flags and -o override it)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _add_mount_options(inspect)
+    _add_mount_options(inspect, only_inspect=True)
 
     scan = commands.add_parser(
         "scan", help="make reference sets from HDF5/NetCDF4 files",
@@ -278,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command in ("mount", "inspect") and args.storage_option:
-            # scan keeps its own --storage-option; mount and inspect turn it into -o PROTOCOL.KEY=VALUE
+            # mount and inspect read it as -o PROTOCOL.KEY=VALUE (credentials then leave a mount's command line);
+            # scan and convert parse the same items themselves (refmount.cli.storage)
             argv = storage_options_as_mount_options(argv, args.source)
             args = parser.parse_args(argv)
         if args.command == "mount":

@@ -3,8 +3,10 @@
 Exit codes: 0 all files scanned; 1 ``--strict`` and something could not be
 represented; 2 bad input (missing file, not HDF5, bad option). Messages go
 to stderr and name the file or option; no tracebacks for expected errors.
-Credentials are never taken from arguments; they come from the
-environment or AWS profiles through fsspec/s3fs.
+Storage options are spelled as for every command (:mod:`refmount.cli.storage`):
+each source and the output get those of their own protocol. Credentials
+are best left to the environment or AWS profiles (fsspec/s3fs read them):
+arguments show in ps while the scan runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, TextIO
 
 import fsspec
 
+from refmount.cli.storage import Table, add_storage_arguments, command_storage_options
 from refmount.errors import ConfigError, RefmountError
 from refmount.scan.concat import MISMATCH_POLICIES, ConcatError, ConcatResult, FileScan, concat_scans
 from refmount.scan.hdf5 import (
@@ -38,6 +41,7 @@ from refmount.scan.output import (
 )
 from refmount.scan.progress import Progress
 from refmount.scan.sources import SourceError, canonical_url, expand_sources
+from refmount.store.options import protocol_options
 
 EXIT_OK = 0
 EXIT_STRICT = 1
@@ -77,13 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strict", action="store_true",
         help="treat anything that cannot be represented as an error: no output for that file, exit 1",
     )
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint URL for s3:// sources")
-    parser.add_argument("--anon", action="store_true", help="access remote sources anonymously (no credentials)")
-    parser.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="fsspec storage option for remote sources; VALUE is parsed as JSON when it parses, "
-        "else taken as a string; repeatable",
-    )
+    add_storage_arguments(parser)
     parser.add_argument(
         "--format", choices=("json", "parquet"), default="json",
         help="json: one kerchunk JSON v1 file per source (default); parquet: fsspec's Parquet reference "
@@ -108,25 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_storage_options(items: list[str], endpoint_url: str | None, anon: bool) -> dict[str, Any]:
-    """Build fsspec storage options from the command line."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--storage-option {item!r}: expected KEY=VALUE")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    if endpoint_url:
-        options["endpoint_url"] = endpoint_url
-    if anon:
-        options["anon"] = True
-    return options
-
-
-def output_targets(sources: list[str], output: str, suffix: str = ".json") -> list[str]:
+def output_targets(sources: list[str], output: str, suffix: str = ".json",
+                   storage_options: dict[str, Any] | None = None) -> list[str]:
     """Where each source's reference set goes.
 
     A directory output gets ``<basename>.json`` per source; two sources with
@@ -136,7 +117,7 @@ def output_targets(sources: list[str], output: str, suffix: str = ".json") -> li
         if len(sources) > 1:
             raise ConfigError("-o -: several sources need an output directory, not stdout")
         return ["-"]
-    if len(sources) == 1 and not _is_directory(output):
+    if len(sources) == 1 and not _is_directory(output, storage_options or {}):
         return [output]
     targets = [posixpath.join(output.rstrip("/") or "/", posixpath.basename(s.rstrip("/")) + suffix) for s in sources]
     dupes = {t for t in targets if targets.count(t) > 1}
@@ -145,19 +126,19 @@ def output_targets(sources: list[str], output: str, suffix: str = ".json") -> li
     return targets
 
 
-def _is_directory(output: str) -> bool:
+def _is_directory(output: str, storage_options: dict[str, Any]) -> bool:
     """An output names a directory if it ends in '/' or exists as one."""
     if output.endswith("/"):
         return True
-    fs, path = fsspec.core.url_to_fs(output)
+    fs, path = fsspec.core.url_to_fs(output, **storage_options)
     return bool(fs.isdir(path))
 
 
-def _prepare_directory(output: str, targets: list[str]) -> None:
+def _prepare_directory(output: str, targets: list[str], storage_options: dict[str, Any]) -> None:
     """Create the output directory when writing several files into it."""
     if targets == ["-"] or targets == [output]:
         return
-    fs, path = fsspec.core.url_to_fs(output)
+    fs, path = fsspec.core.url_to_fs(output, **storage_options)
     fs.makedirs(path, exist_ok=True)
 
 
@@ -165,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the scan subcommand; returns the process exit code."""
     err: TextIO = sys.stderr
     try:
-        options = parse_storage_options(args.storage_option, args.endpoint_url, args.anon)
+        options = command_storage_options(args.storage_option, [*args.sources, args.output], args.endpoint_url,
+                                          args.anon)
         url_map = parse_url_map(args.url_map)
         if args.inline_threshold < 0:
             raise ConfigError("--inline-threshold must be >= 0")
@@ -175,10 +157,11 @@ def run(args: argparse.Namespace) -> int:
             return run_concat(args, sources, options, url_map, err)
         if parquet and args.output == "-":
             raise ConfigError("--format parquet writes a directory: give -o DIRECTORY")
-        targets = output_targets(sources, args.output, ".parq" if parquet else ".json")
+        output_options = protocol_options(args.output, options)
+        targets = output_targets(sources, args.output, ".parq" if parquet else ".json", output_options)
         if parquet and len(targets) == 1 and targets[0] == args.output and args.output.endswith("/"):
             targets = [args.output.rstrip("/") + "/" + posixpath.basename(sources[0].rstrip("/")) + ".parq"]
-        _prepare_directory(args.output, targets)
+        _prepare_directory(args.output, targets, output_options)
     except (RefmountError, BadURLMap, OSError, ValueError) as exc:
         print(f"refmount scan: {exc}", file=err)
         return EXIT_BAD_INPUT
@@ -195,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _scan_one(
-    args: argparse.Namespace, source: str, target: str, options: dict[str, Any],
+    args: argparse.Namespace, source: str, target: str, options: Table,
     url_map: list[tuple[str, str]], n: int, total: int, err: TextIO,
 ) -> tuple[int, ScanReport | None]:
     """Scan one source and write its reference set; returns (exit code, report)."""
@@ -203,13 +186,13 @@ def _scan_one(
     url = apply_url_map(canonical_url(source), url_map)
     try:
         result = scan_hdf5(
-            source, storage_options=options, inline_threshold=args.inline_threshold,
+            source, storage_options=protocol_options(source, options), inline_threshold=args.inline_threshold,
             url=url, strict=args.strict, decoded_inline_limit=args.decoded_inline_limit,
         )
         if getattr(args, "format", "json") == "parquet":
-            write_parquet_set(result.refs, target, args.record_size)
+            write_parquet_set(result.refs, target, args.record_size, protocol_options(target, options))
         else:
-            write_json(result.refs, target)
+            write_json(result.refs, target, protocol_options(target, options))
     except StrictScanError as exc:
         print(f"refmount scan: --strict: {exc}", file=err)
         return EXIT_STRICT, exc.result.report
@@ -226,7 +209,7 @@ def _scan_one(
 
 
 def run_concat(
-    args: argparse.Namespace, sources: list[str], options: dict[str, Any], url_map: list[tuple[str, str]], err: TextIO,
+    args: argparse.Namespace, sources: list[str], options: Table, url_map: list[tuple[str, str]], err: TextIO,
 ) -> int:
     """Scan every source (in parallel) and write one set concatenated along ``--concat-dim``."""
     parquet = args.format == "parquet"
@@ -257,9 +240,9 @@ def run_concat(
         read_unaligned(scans, scan_options, args.jobs)
         result = concat_scans(scans, args.concat_dim, args.mismatch)
         if parquet:
-            write_parquet_set(result.doc, args.output, args.record_size)
+            write_parquet_set(result.doc, args.output, args.record_size, protocol_options(args.output, options))
         else:
-            write_json(result.doc, args.output)
+            write_json(result.doc, args.output, protocol_options(args.output, options))
     except ConcatError as exc:
         print(f"refmount scan: {exc}", file=err)
         return EXIT_BAD_INPUT

@@ -15,6 +15,7 @@ values back to the backend by field name.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -94,6 +95,9 @@ class Option:
     help: str
     metavar: str = "VALUE"
     is_flag: bool = False  # a boolean that may be given without a value
+    #: Whether it changes how ``refmount inspect`` loads or summarises a set (where, with what credentials,
+    #: which version, in which view); inspect shows a flag only for these, and takes the rest in ``-o`` unused.
+    inspect: bool = False
 
 
 #: The defaults of the backend's options, as :class:`BackendOptions` declares them.
@@ -102,13 +106,14 @@ _STORE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(BackendOpti
 OPTIONS: tuple[Option, ...] = (
     # Backend
     Option("endpoint_url", _str, _STORE_DEFAULTS["endpoint_url"],
-           "S3 endpoint for S3-compatible stores (Ceph RGW, MinIO, SeaweedFS)", "URL"),
-    Option("region", _str, _STORE_DEFAULTS["region"], "S3 region", "NAME"),
-    Option("profile", _str, _STORE_DEFAULTS["profile"], "AWS profile to take credentials from", "NAME"),
-    Option("anon", parse_bool, _STORE_DEFAULTS["anon"], "access S3 anonymously (public buckets)", is_flag=True),
+           "S3 endpoint for S3-compatible stores (Ceph RGW, MinIO, SeaweedFS)", "URL", inspect=True),
+    Option("region", _str, _STORE_DEFAULTS["region"], "S3 region", "NAME", inspect=True),
+    Option("profile", _str, _STORE_DEFAULTS["profile"], "AWS profile to take credentials from", "NAME", inspect=True),
+    Option("anon", parse_bool, _STORE_DEFAULTS["anon"], "access S3 anonymously (public buckets)", is_flag=True, inspect=True),
     Option("timeout", _float, _STORE_DEFAULTS["timeout"],
-           "seconds after which a read that the store does not answer fails with EIO", "SECONDS"),
-    Option("retries", _int, _STORE_DEFAULTS["retries"], "attempts for a ranged GET that fails with a transient error", "N"),
+           "seconds after which a read that the store does not answer fails with EIO", "SECONDS", inspect=True),
+    Option("retries", _int, _STORE_DEFAULTS["retries"], "attempts for a ranged GET that fails with a transient error", "N",
+           inspect=True),
     Option("max_concurrency", _int, _STORE_DEFAULTS["max_concurrency"], "ranged GETs in flight at once for one read", "N"),
     Option(
         "allow",
@@ -117,6 +122,7 @@ OPTIONS: tuple[Option, ...] = (
         "protocols or URL prefixes references may reach (s3,https or s3://archive/; in -o: allow=s3|https); "
         "default: s3, gs, az, abfs, http(s), and local files only for a local reference set",
         "LIST",
+        inspect=True,
     ),
     # Cache and reading
     Option("cache_size", parse_size, 1 << 30, "memory budget of the block cache (e.g. 512M, 4G)", "SIZE"),
@@ -124,7 +130,7 @@ OPTIONS: tuple[Option, ...] = (
            "(adjacent blocks are fetched together)", "SIZE"),
     Option("max_request", parse_size, 8 << 20, "largest single ranged GET built from adjacent blocks", "SIZE"),
     Option("readahead", parse_size, 32 << 20, "largest readahead window for sequential readers and for a chunk file "
-           "read from its start (0 disables)", "SIZE"),
+           "read from its start; under view=netcdf, of the chunks decoded ahead of a .nc reader (0 disables)", "SIZE"),
     Option("disk_cache", _str, None, "keep fetched blocks in this local directory too, across unmounts and "
            "reboots (checked on every read; off unless given)", "DIR"),
     Option("disk_cache_size", parse_size, 10 << 30, "byte budget of disk_cache (least recently used blocks "
@@ -133,23 +139,24 @@ OPTIONS: tuple[Option, ...] = (
            "a fleet of mounts (s3://BUCKET/PREFIX; its own options as -o shared.NAME=VALUE, e.g. "
            "shared.endpoint_url; off unless given)", "URL"),
     Option("record_cache", _int, 32, "decoded record files of a Parquet reference set kept in memory "
-           "(least recently used dropped first; each costs about 9 bytes per reference it holds)", "N"),
+           "(least recently used dropped first; each costs about 9 bytes per reference it holds)", "N", inspect=True),
     Option("ref", _str, None, "branch, tag or snapshot id of an Icechunk repository to mount (default: main; "
-           "other reference sets refuse it)", "REF"),
+           "other reference sets refuse it)", "REF", inspect=True),
     # Tree presentation
     Option("uid", _int, None, "owner of every file (default: the mounting user)", "UID"),
     Option("gid", _int, None, "group of every file (default: the mounting user's group)", "GID"),
     Option("umask", parse_octal, 0o222, "permission bits to clear from 0777 (files lose x as well)", "OCTAL"),
     Option("view", parse_view, "raw", "raw (chunk bytes as referenced), decoded (chunks decoded, codec-free "
            ".zarray, for netCDF-C, GDAL and other readers without the codecs) or netcdf (each group a virtual "
-           "netCDF classic file, for every netCDF tool)", "raw|decoded|netcdf"),
+           "netCDF classic file, for every netCDF tool)", "raw|decoded|netcdf", inspect=True),
     Option("zarr_format", parse_zarr_format, 2, "2 (the set's Zarr v2 metadata) or 3 (also a zarr.json beside every "
-           ".zgroup and .zarray, for Zarr v3 readers: zarr-python 3, tensorstore, zarrs; the v2 files stay)", "2|3"),
+           ".zgroup and .zarray, for Zarr v3 readers: zarr-python 3, tensorstore, zarrs; the v2 files stay)", "2|3",
+           inspect=True),
     Option("netcdf_format", parse_netcdf_format, "auto", "format of the files of view=netcdf: auto (CDF-2, or "
            "CDF-5 when a variable needs unsigned or 64-bit integers or more than 4 GiB), cdf1, cdf2 or cdf5 "
-           "(variables the format cannot hold are left out)", "auto|cdf1|cdf2|cdf5"),
+           "(variables the format cannot hold are left out)", "auto|cdf1|cdf2|cdf5", inspect=True),
     Option("max_decoded_chunk", parse_size, 256 << 20, "largest chunk the decoded view decodes, checked before "
-           "decoding (from the chunk shape) and while decompressing; larger ones read as EIO", "SIZE"),
+           "decoding (from the chunk shape) and while decompressing; larger ones read as EIO", "SIZE", inspect=True),
     # FUSE
     Option("allow_other", parse_bool, False, "let users other than the mounting one see the tree", is_flag=True),
     Option("allow_private_files", parse_bool, False, "with allow_other, also serve local files that are not "
@@ -205,10 +212,12 @@ def parse_mount_options(text: str) -> tuple[dict[str, Any], dict[str, dict[str, 
         if not key or key in IGNORED_MOUNT_OPTIONS or key.startswith("x-") or key.startswith("comment="):
             continue
         if "." in key:
-            protocol, _, name = key.partition(".")
-            storage.setdefault(protocol, {})[name] = _scalar(raw) if sep else True
+            protocol, name, value = parse_storage_item(key, raw if sep else None)
+            storage.setdefault(protocol, {})[name] = value
             continue
         option = OPTIONS_BY_NAME.get(key)
+        if option is None and key == "config":
+            raise ConfigError("mount option config=FILE is for fstab (mount.refmount); on the command line give --config FILE")
         if option is None:
             raise ConfigError(f"unknown mount option {key!r} (see refmount mount --help)")
         if not sep and not option.is_flag:
@@ -217,12 +226,36 @@ def parse_mount_options(text: str) -> tuple[dict[str, Any], dict[str, dict[str, 
     return values, storage
 
 
+def parse_storage_item(key: str, raw: str | None) -> tuple[str, str, Any]:
+    """``PROTOCOL.NAME`` and its text (None when given without ``=``, meaning true) -> (protocol, name, value).
+
+    The one reading of a storage option: ``-o`` items and every command's
+    ``--storage-option`` come here; dashes in names become underscores.
+    """
+    protocol, _, name = key.strip().replace("-", "_").partition(".")
+    if not protocol or not name:
+        raise ConfigError(f"storage option {key!r}: expected PROTOCOL.NAME")
+    return protocol, name, True if raw is None else parse_storage_value(raw)
+
+
 def _split_options(text: str) -> list[str]:
     """Split ``-o`` text on commas; list values inside it use ``|`` (``allow=s3|https``)."""
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _scalar(raw: str) -> Any:
+def parse_storage_value(raw: str) -> Any:
+    """The value of a storage option, read the same way in ``-o``, ``--storage-option`` and every command.
+
+    ``true``/``false`` are booleans, integers and decimals numbers; a JSON
+    object, list or quoted string (``{"region_name": "x"}``, ``"007"``) is
+    read as JSON; anything else, or JSON that does not parse, is the text.
+    """
+    text = raw.strip()
+    if text[:1] in ('{', '[', '"'):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return raw
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -297,6 +330,8 @@ class MountConfig:
             raise ConfigError("option max_decoded_chunk: must be positive")
         if self.record_cache < 0:
             raise ConfigError("option record_cache: must be 0 or more record files")
+        if self.zarr_format == 3 and self.view == "netcdf":  # refused here, so inspect refuses what a mount would
+            raise ConfigError("option zarr_format: 3 applies to the raw and decoded views, not to view=netcdf")
         if self.max_concurrency < 1:
             raise ConfigError("option max_concurrency: must be at least 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -51,7 +51,7 @@ from refmount.store.options import filesystem_options
 from refmount.store.policy import origin_of
 from refmount.urls import protocol_of, redact_url
 from refmount.views.decoded import DecodedChunkCache
-from refmount.views.present import cache_budgets, present
+from refmount.views.present import cache_budgets, check_view_applies, present
 
 log = logging.getLogger("refmount.sets")
 
@@ -99,6 +99,7 @@ def open_tree(config: MountConfig) -> ServedTree:
     def build(source: SetSource) -> RefFilesystem:
         loaded_at = time.monotonic()
         info, namespace = open_reference_set(source.url, storage, record_cache=config.record_cache, ref=config.ref)
+        check_view_applies(config.view, info.format, source.name or redact_url(source.url))
         backend.remember_sources(info.sources)
         mtime = info.mtime
         allowed: list[str] = []
@@ -120,7 +121,11 @@ def open_tree(config: MountConfig) -> ServedTree:
                      "(restrict with -o allow=s3://BUCKET/)", source.name or redact_url(source.url),
                      ", ".join(buckets[:20]) + (f" and {len(buckets) - 20} more" if len(buckets) > 20 else ""))
         backend.connect(allowed)
-        reader = Reader(namespace, cache, backend, readahead=config.readahead, metrics=metrics)
+        # Under the netCDF view the view itself decodes chunks ahead of a sequential reader, as far as its run
+        # justifies; the object's own stream readahead would also see those chunk reads as one stream and run
+        # ahead to the end of the object even for a two-step slice.
+        object_readahead = 0 if config.view == "netcdf" else config.readahead
+        reader = Reader(namespace, cache, backend, readahead=object_readahead, metrics=metrics)
         shown, view_reader = present(config.view, namespace, reader, chunk_cache=chunk_cache, set_id=source.url,
                                      zarr_format=config.zarr_format, name=source.name or single_set_name(config.source),
                                      netcdf_format=config.netcdf_format, readahead=config.readahead)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from refmount.byterange import ByteRange
@@ -89,6 +90,28 @@ class Reader:
             raise TypeError(f"unknown reference {ref!r}")
         self.metrics.add_many((("reads", 1), ("bytes_delivered", len(data))))
         return data
+
+    def prefetch(self, refs: Iterable[Reference]) -> None:
+        """Start fetching the bytes of ``refs`` in the background, references that touch or nearly touch joined.
+
+        For a view that knows which keys it will read next (the netCDF view's chunk readahead): one
+        coalesced background fetch per run of neighbouring references instead of one GET per key as each
+        is read. Only ranged references; a full prefetch pool drops the rest, as readahead does.
+        """
+        by_url: dict[str, list[ByteRange]] = {}
+        for ref in refs:
+            if isinstance(ref, Range) and ref.length > 0:
+                by_url.setdefault(ref.url, []).append(ByteRange(ref.offset, ref.offset + ref.length))
+        for url, ranges in by_url.items():
+            extent = self.namespace.extent(url)
+            ranges.sort(key=lambda r: r.start)
+            start, stop = ranges[0].start, ranges[0].stop
+            for rng in ranges[1:]:
+                if rng.start - stop > self.block_size:  # a gap of more than a block: fetch apart
+                    self._submit_prefetch(url, ByteRange(start, stop), extent)
+                    start = rng.start
+                stop = max(stop, rng.stop)
+            self._submit_prefetch(url, ByteRange(start, stop), extent)
 
     def describe(self, file: File) -> dict[str, str]:
         """Where ``file``'s bytes come from, for its extended attributes (URLs without credentials)."""

@@ -27,6 +27,7 @@ from refmount.scan.concat import FileScan, arrays_to_inline, plan_reads
 from refmount.scan.hdf5 import DEFAULT_DECODED_INLINE_LIMIT, DEFAULT_INLINE_THRESHOLD, ScanReport, StrictScanError, scan_hdf5
 from refmount.scan.output import apply_url_map
 from refmount.scan.sources import SourceError, canonical_url, is_local, local_path
+from refmount.store.options import protocol_options
 
 
 @dataclass
@@ -34,7 +35,8 @@ class ConcatScanOptions:
     """What every worker needs to scan one file for concatenation (picklable)."""
 
     dim: str
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    #: fsspec arguments per protocol (``{"s3": {...}}``): each source is read with its own protocol's.
+    storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     inline_threshold: int = DEFAULT_INLINE_THRESHOLD
     decoded_inline_limit: int = DEFAULT_DECODED_INLINE_LIMIT
     strict: bool = False
@@ -55,9 +57,10 @@ class FileOutcome:
 def scan_for_concat(source: str, options: ConcatScanOptions) -> FileOutcome:
     """Scan ``source`` and decode what the combiner needs; errors are returned, not raised."""
     url = apply_url_map(canonical_url(source), options.url_map)
+    storage_options = protocol_options(source, options.storage_options)
     try:
         result = scan_hdf5(
-            source, storage_options=options.storage_options, inline_threshold=options.inline_threshold,
+            source, storage_options=storage_options, inline_threshold=options.inline_threshold,
             url=url, strict=options.strict, decoded_inline_limit=options.decoded_inline_limit,
         )
     except StrictScanError as exc:
@@ -67,7 +70,7 @@ def scan_for_concat(source: str, options: ConcatScanOptions) -> FileOutcome:
     refs = result.refs["refs"]
     plan = plan_reads(refs, options.dim)
     scan = FileScan(source, result.refs)
-    with _range_reader(source, options.storage_options) as read:
+    with _range_reader(source, storage_options) as read:
         for path in plan.coordinates:
             try:
                 scan.values[path] = read_array(refs, path, read)
@@ -148,7 +151,7 @@ def read_unaligned(scans: Sequence[FileScan], options: ConcatScanOptions, jobs: 
 
     def read_file(i: int) -> None:
         scan = scans[i]
-        with _range_reader(scan.source, options.storage_options) as read:
+        with _range_reader(scan.source, protocol_options(scan.source, options.storage_options)) as read:
             for path in wanted[i]:
                 with contextlib.suppress(UndecodableArray, OSError, ValueError):
                     scan.values[path] = read_array(scan.doc["refs"], path, read)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import fsspec
 import h5py
 
 from refmount.errors import RefmountError
+from refmount.store.options import protocol_options
 
 #: Size of each ranged read of a remote file; HDF5 metadata tends to cluster,
 #: so a block usually serves many h5py reads.
@@ -48,14 +49,16 @@ def canonical_url(url: str) -> str:
     return local_path(url) if is_local(url) else url
 
 
-def expand_sources(patterns: list[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+def expand_sources(patterns: list[str], by_protocol: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """Expand globs (locally or through fsspec) and check each source exists.
 
+    ``by_protocol`` holds the fsspec arguments of each protocol
+    (``{"s3": {...}}``); each pattern is listed with those of its own.
     Raises SourceError naming the first pattern that matches nothing.
     """
     out: list[str] = []
     for pattern in patterns:
-        fs, path = fsspec.core.url_to_fs(pattern, **_options_for(pattern, storage_options))
+        fs, path = fsspec.core.url_to_fs(pattern, **protocol_options(pattern, by_protocol or {}))
         protocol = fsspec.core.split_protocol(pattern)[0]
         try:
             if GLOB_CHARS & set(path):
@@ -71,6 +74,10 @@ def expand_sources(patterns: list[str], storage_options: dict[str, Any] | None =
                 raise SourceError(f"{pattern}: no such file")
         except (OSError, PermissionError) as exc:
             raise SourceError(f"{pattern}: cannot list: {exc}") from exc
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend's own errors (botocore's NoCredentialsError ...)
+            raise SourceError(f"{pattern}: cannot list: {type(exc).__name__}: {exc}") from None
     return out
 
 
@@ -127,6 +134,8 @@ def open_hdf5(url: str, storage_options: dict[str, Any] | None = None) -> Iterat
         raise SourceError(f"{url}: no such file") from exc
     except OSError as exc:
         raise SourceError(f"{url}: cannot stat: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a backend's own errors (botocore's NoCredentialsError ...)
+        raise SourceError(f"{url}: cannot stat: {type(exc).__name__}: {exc}") from None
     with contextlib.ExitStack() as stack:
         try:
             if is_local(url):

@@ -22,6 +22,7 @@ import fsspec
 
 from refmount.store.policy import UrlPolicy
 from refmount.store.redirects import guarded_http_options
+from refmount.urls import is_local, protocol_of
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,41 @@ def stall_timeout(options: BackendOptions) -> float:
     return max(1.0, options.timeout / max(1, options.retries))
 
 
+def s3_connection_options(options: BackendOptions) -> dict[str, Any]:
+    """s3fs arguments for the endpoint, region, profile and anonymous options.
+
+    The one meaning of ``endpoint_url`` and ``anon`` (S3 options, nothing to
+    other protocols) for every command: a mount's backend, and scan and
+    convert, which take these arguments without the backend's retry settings.
+    """
+    kwargs: dict[str, Any] = {}
+    client_kwargs: dict[str, Any] = {}
+    if options.endpoint_url:
+        client_kwargs["endpoint_url"] = options.endpoint_url
+    if options.region:
+        client_kwargs["region_name"] = options.region
+    if client_kwargs:
+        kwargs["client_kwargs"] = client_kwargs
+    if options.profile:
+        kwargs["profile"] = options.profile
+    if options.anon:
+        kwargs["anon"] = True
+    return kwargs
+
+
+def with_storage_options(kwargs: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` overridden by a protocol's own storage options, ``client_kwargs`` merged key by key."""
+    merged = {**kwargs, **extra}
+    if "client_kwargs" in extra and "client_kwargs" in kwargs:
+        merged["client_kwargs"] = {**kwargs["client_kwargs"], **extra["client_kwargs"]}
+    return merged
+
+
+def protocol_options(url: str, by_protocol: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The fsspec arguments for ``url`` out of options kept per protocol; a local path takes none."""
+    return {} if is_local(url) else dict(by_protocol.get(protocol_of(url), {}))
+
+
 def filesystem_options(protocol: str, options: BackendOptions, *, redirect_origin: str | None = None) -> dict[str, Any]:
     """fsspec constructor arguments for ``protocol``: the generic options plus ``-o proto.x=y``.
 
@@ -52,17 +88,7 @@ def filesystem_options(protocol: str, options: BackendOptions, *, redirect_origi
     """
     kwargs: dict[str, Any] = {}
     if protocol == "s3":
-        client_kwargs: dict[str, Any] = {}
-        if options.endpoint_url:
-            client_kwargs["endpoint_url"] = options.endpoint_url
-        if options.region:
-            client_kwargs["region_name"] = options.region
-        if client_kwargs:
-            kwargs["client_kwargs"] = client_kwargs
-        if options.profile:
-            kwargs["profile"] = options.profile
-        if options.anon:
-            kwargs["anon"] = True
+        kwargs = s3_connection_options(options)
         # One attempt is one request: the retry loop of the backend owns the retries and the time
         # budget, and `gets` counts what the store sees (s3fs's own retries: see single_attempt).
         kwargs["config_kwargs"] = {
@@ -79,10 +105,7 @@ def filesystem_options(protocol: str, options: BackendOptions, *, redirect_origi
                 total=None, sock_connect=min(10.0, options.timeout), sock_read=stall_timeout(options)
             )
         }
-    extra = dict(options.storage_options.get(protocol, {}))
-    if "client_kwargs" in extra and "client_kwargs" in kwargs:
-        extra["client_kwargs"] = {**kwargs["client_kwargs"], **extra["client_kwargs"]}
-    kwargs.update(extra)
+    kwargs = with_storage_options(kwargs, options.storage_options.get(protocol, {}))
     if protocol in ("http", "https"):
         guarded_http_options(kwargs, options.policy, redirect_origin)
     kwargs["skip_instance_cache"] = True

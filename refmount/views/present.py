@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from refmount.errors import ConfigError
 from refmount.refs.model import Reference
 from refmount.refs.tree import File, ReferenceTree
 from refmount.views.decoded import DecodedChunkCache, DecodedTree, DecodingReader
@@ -60,6 +61,18 @@ def parse_zarr_format(text: Any) -> int:
     if value not in ZARR_FORMATS:
         raise ValueError(f"{text!r} is not a Zarr format (use 2 or 3)")
     return value
+
+
+def check_view_applies(view: str, set_format: str, shown: str) -> None:
+    """Refuse a view that has nothing to work on in a set of ``set_format``, rather than show it unchanged or empty.
+
+    The decoded and netCDF views are made from Zarr v2 metadata (``.zarray``);
+    an Icechunk repository holds Zarr v3 (``zarr.json``) only, so under them it
+    would show its chunks still encoded, or a netCDF file without variables.
+    """
+    if set_format == "icechunk" and view != "raw":
+        raise ConfigError(f"option view: {view} is made from Zarr v2 metadata (.zarray), and {shown} is an Icechunk "
+                          "repository (Zarr v3 only): mount it with view=raw")
 
 
 def cache_budgets(view: str, cache_size: int, block_size: int) -> tuple[int, int]:

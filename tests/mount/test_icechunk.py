@@ -99,6 +99,15 @@ def test_what_cannot_be_mounted_is_refused_naming_it(tmp_path):
     built, root = _local_repository(tmp_path)
     message = _refusal(root, tmp_path / "m1", "-o", "ref=nothing")
     assert "has no branch, tag or snapshot 'nothing'" in message and "branches: main" in message and "tags: v1" in message
+    # The decoded and netCDF views are made from .zarray files, which a repository does not have: refused,
+    # not shown with its chunks still encoded or as a netCDF file without variables; inspect says the same.
+    for view in ("decoded", "netcdf"):
+        message = _refusal(root, tmp_path / f"m-{view}", "-o", f"view={view}")
+        assert f"option view: {view} is made from Zarr v2 metadata (.zarray)" in message, message
+        assert "is an Icechunk repository (Zarr v3 only): mount it with view=raw" in message
+        inspected = subprocess.run([sys.executable, "-m", "refmount", "inspect", str(root), "--view", view],
+                                   capture_output=True, text=True, timeout=120)
+        assert inspected.returncode == 2 and f"option view: {view} is made from" in inspected.stderr
 
     # Virtual chunks in a container on a protocol refmount has no filesystem for.
     elsewhere = tmp_path / "elsewhere"

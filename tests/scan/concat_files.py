@@ -70,19 +70,6 @@ def write_series(
     return paths
 
 
-def open_combined(paths: Sequence[Path]) -> xr.Dataset:
-    """What ``xarray.open_mfdataset(paths, combine="by_coords")`` builds, without dask.
-
-    open_mfdataset opens each file and calls ``combine_by_coords`` with
-    ``combine_attrs="override"``; dask (which it needs for its chunks) is not
-    installed here. ``data_vars="minimal"`` keeps time-independent variables
-    without a time axis, as a reference set concatenated along time has them
-    (and as xarray's own planned default does).
-    """
-    parts = [xr.open_dataset(p, engine="netcdf4").load() for p in paths]
-    return xr.combine_by_coords(parts, combine_attrs="override", data_vars="minimal", coords="minimal", compat="override")
-
-
 def with_time_bounds(i: int, ds: xr.Dataset) -> xr.Dataset:
     """Add CF time bounds (one day per step): xarray writes them in the time coordinate's per-file units."""
     start = ds["time"].values

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import fsspec
@@ -14,7 +15,7 @@ import pytest
 import xarray as xr
 
 from refmount.cli.scan import main as scan_main
-from tests.scan.concat_files import LENGTHS, TIME_CHUNK, open_combined, with_time_bounds, write_series
+from tests.scan.concat_files import LENGTHS, TIME_CHUNK, with_time_bounds, write_series
 from tests.support.mounting import mounted
 
 
@@ -39,6 +40,19 @@ def combined_json(series: list[Path]) -> Path:
     return out
 
 
+def open_mfdataset(paths: Sequence[Path]) -> xr.Dataset:
+    """``xarray.open_mfdataset(paths, combine="by_coords")``, loaded: what the mounted set must equal.
+
+    Called under the combine defaults xarray's FutureWarning announces
+    (``use_new_combine_kwarg_defaults``, xarray >= 2025.8): with today's
+    ``data_vars="all"`` the time-independent ``orography`` would get a time
+    axis, which neither a set concatenated along time nor xarray's next
+    default gives it.
+    """
+    with xr.set_options(use_new_combine_kwarg_defaults=True), xr.open_mfdataset(paths, combine="by_coords") as ds:
+        return ds.load()
+
+
 def open_refs(doc: dict) -> xr.Dataset:
     return xr.open_zarr(fsspec.filesystem("reference", fo=doc).get_mapper(""), consolidated=False, zarr_format=2)
 
@@ -50,7 +64,7 @@ def scan(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 @pytest.mark.fuse
 def test_mounted_concatenation_equals_open_mfdataset(series: list[Path], combined_json: Path, tmp_path: Path) -> None:
-    expected = open_combined(series)
+    expected = open_mfdataset(series)
     with mounted(combined_json, tmp_path / "mnt") as mount:
         actual = xr.open_zarr(mount.path, consolidated=False).load()
     xr.testing.assert_identical(actual, expected)  # values, coordinates, attributes (the first file's, as override)
@@ -85,7 +99,7 @@ def test_parquet_output_reads_the_same(series: list[Path], tmp_path: Path, capsy
     assert code == 0 and err == ""
     fs = fsspec.filesystem("reference", fo=str(out), remote_protocol="file")
     actual = xr.open_zarr(fs.get_mapper(""), consolidated=False, zarr_format=2).load()
-    xr.testing.assert_identical(actual, open_combined(series))
+    xr.testing.assert_identical(actual, open_mfdataset(series))
 
 
 def test_progress_bar_on_a_terminal(series: list[Path], tmp_path: Path) -> None:
@@ -133,7 +147,7 @@ def test_unlimited_time_with_bounds(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, err = scan([*map(str, paths), "--concat-dim", "time", "--jobs", "2", "-o", str(tmp_path / "o.json")], capsys)
     assert code == 0, err
     actual = open_refs(json.loads((tmp_path / "o.json").read_text())).load()
-    expected = open_combined(paths)
+    expected = open_mfdataset(paths)
     xr.testing.assert_identical(actual, expected)
     assert actual["time_bnds"].values[-1, 1] == np.datetime64("2020-01-16")
 
@@ -209,7 +223,7 @@ def test_partial_chunk_before_the_last_file(tmp_path: Path, capsys: pytest.Captu
     assert code == 0, err
     doc = json.loads((tmp_path / "inlined.json").read_text())
     assert doc["refs"]["t2m/0.0.0"].startswith("base64:")
-    xr.testing.assert_identical(open_refs(doc).load(), open_combined(paths))
+    xr.testing.assert_identical(open_refs(doc).load(), open_mfdataset(paths))
 
 
 def test_concat_dim_without_coordinate_is_refused(series: list[Path], tmp_path: Path,
@@ -235,4 +249,4 @@ def test_s3_glob_concatenated_in_parallel(series: list[Path], tmp_path: Path, lo
     options = {"fo": doc, "remote_protocol": "s3", "asynchronous": True,
                "remote_options": {**local_s3.storage_options(), "asynchronous": True}}
     actual = xr.open_zarr("reference://", storage_options=options, consolidated=False, zarr_format=2).load()
-    xr.testing.assert_identical(actual, open_combined(series))
+    xr.testing.assert_identical(actual, open_mfdataset(series))

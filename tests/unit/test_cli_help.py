@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from refmount.cli.main import build_parser, main, mount_config, mount_helper_main, storage_options_as_mount_options
+from refmount.cli.main import build_parser, main, mount_config, mount_helper_main
 from refmount.cli.secretargs import split_argv
+from refmount.cli.storage import storage_options_as_mount_options
 from refmount.config.options import OPTIONS
 from refmount.errors import ConfigError, InvalidReferences
 from refmount.fs.router import SetSlot
@@ -23,18 +24,61 @@ def help_of(capsys, *command: str) -> str:
     return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare words
 
 
-@pytest.mark.parametrize("command", ["mount", "inspect"])
-def test_mount_and_inspect_help_list_every_mount_option(capsys, command):
-    text = help_of(capsys, command)
+def _flag_in(name: str, text: str) -> bool:
+    return re.search(rf"(?<![\w-])--{name.replace('_', '-')}(?![\w-])", text) is not None
+
+
+def test_mount_help_lists_every_mount_option(capsys):
+    text = help_of(capsys, "mount")
     for option in OPTIONS:
-        assert "--" + option.name.replace("_", "-") in text, option.name
+        assert _flag_in(option.name, text), option.name
     assert "-o OPTS" in text and "--storage-option [PROTOCOL.]KEY=VALUE" in text
+
+
+def test_inspect_help_lists_only_the_options_that_change_loading_or_the_summary(capsys):
+    text = help_of(capsys, "inspect")
+    shown = {option.name for option in OPTIONS if _flag_in(option.name, text)}
+    assert shown == {option.name for option in OPTIONS if option.inspect}
+    assert {"endpoint_url", "anon", "allow", "ref", "record_cache", "view", "zarr_format", "netcdf_format",
+            "max_decoded_chunk"} <= shown
+    assert not shown & {"uid", "gid", "umask", "allow_other", "attr_timeout", "threads", "log_file", "metrics_port",
+                        "cache_size", "disk_cache"}
+    assert "-o OPTS" in text and "every mount option is accepted" in text
+    assert "--storage-option [PROTOCOL.]KEY=VALUE" in text
+
+
+def test_inspect_takes_any_mount_option_in_o_but_only_its_own_flags(capsys):
+    fstab = "ro,_netdev,uid=1000,allow_other,cache_size=4G,threads=false,log_file=/var/log/r.log,view=decoded"
+    config = mount_config(build_parser().parse_args(["inspect", "/refs.json", "-o", fstab, "--zarr-format", "3"]))
+    assert (config.view, config.zarr_format, config.uid) == ("decoded", 3, 1000)
+    with pytest.raises(ConfigError, match="cache_size: not a size"):
+        mount_config(build_parser().parse_args(["inspect", "/refs.json", "-o", "cache_size=lots"]))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["inspect", "/refs.json", "--uid", "1000"])
+    assert "unrecognized arguments: --uid" in capsys.readouterr().err
+
+
+def test_inspect_reads_a_mounts_config_file(tmp_path):
+    config = tmp_path / "era5.toml"
+    config.write_text('source = "s3://b/era5.json"\nmountpoint = "/mnt/era5"\nview = "decoded"\nuid = 1000\n'
+                      '[storage_options.s3]\nrequester_pays = true\n')
+    built = mount_config(build_parser().parse_args(["inspect", "--config", str(config), "-o", "zarr_format=3"]))
+    assert (built.source, built.view, built.zarr_format) == ("s3://b/era5.json", "decoded", 3)
+    assert built.storage_options == {"s3": {"requester_pays": True}}
+    with pytest.raises(ConfigError, match="config=FILE is for fstab .*give --config FILE"):
+        mount_config(build_parser().parse_args(["inspect", "/refs.json", "-o", f"ro,config={config}"]))
+
+
+def test_view_and_zarr_format_a_mount_refuses_are_refused_by_inspect_too():
+    for command in (["inspect", "/refs.json"], ["mount", "/refs.json", "/mnt"]):
+        with pytest.raises(ConfigError, match="zarr_format: 3 applies to the raw and decoded views"):
+            mount_config(build_parser().parse_args([*command, "-o", "view=netcdf,zarr_format=3"]))
 
 
 @pytest.mark.parametrize("command", ["mount", "inspect"])
 def test_refs_help_names_every_form_a_set_may_take(capsys, command):
     text = help_of(capsys, command)
-    for word in ("JSON", "Parquet", "path", "URL", ".gz", ".zst", "compressed", "directory", "prefix"):
+    for word in ("JSON", "Parquet", "Icechunk", "path", "URL", ".gz", ".zst", "compressed", "directory", "prefix"):
         assert word in text, word
 
 
@@ -78,7 +122,7 @@ def test_storage_option_and_o_spellings_give_the_same_config():
 @pytest.mark.parametrize(
     "item, message",
     [
-        ("requester_pays=true", "REFS is local, so say which protocol"),
+        ("requester_pays=true", "every URL of the command is local, so say which protocol"),
         ("s3.novalue", "expected \\[PROTOCOL.\\]KEY=VALUE"),
         ("s3.list=a,b", "a value with a comma"),
     ],

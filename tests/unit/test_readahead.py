@@ -170,3 +170,21 @@ def test_concurrent_whole_chunk_readers_get_every_byte_with_each_block_fetched_o
         assert b"".join(got) == data
         starts = [start for _, rng in backend.requests for start in range(rng.start, rng.stop, 256 * KIB)]
         assert len(starts) == len(set(starts)) == len(data) // (256 * KIB), backend.requests
+
+
+def test_prefetch_of_named_references_joins_neighbours_and_fetches_them_once(tmp_path):
+    """What a view that knows its next keys asks for: neighbours in one fetch, a far key apart, nothing twice."""
+    chunk_size = 256 * KIB
+    data, namespace = _chunked_object(tmp_path, 12, chunk_size)
+    backend = CountingBackend()
+    with _reader(namespace, backend, readahead=0) as reader:
+        refs = [namespace.lookup(f"v/{i}").ref for i in (2, 3, 4, 9)]
+        reader.prefetch(refs)
+        deadline = time.monotonic() + 10
+        while sum(r.stop - r.start for _, r in list(backend.requests)) < 4 * chunk_size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fetched = sorted((r.start, r.stop) for _, r in list(backend.requests))
+        assert fetched == [(2 * chunk_size, 5 * chunk_size), (9 * chunk_size, 10 * chunk_size)], fetched
+        for i in (2, 3, 4, 9):  # read afterwards: every block from the cache
+            assert _read_whole(reader, namespace, f"v/{i}", chunk_size) == data[i * chunk_size : (i + 1) * chunk_size]
+        assert backend.gets == len(fetched), backend.requests

@@ -12,8 +12,11 @@ and kept in the mount's one decoded-chunk cache.
 
 Readahead is at chunk granularity: a read that continues where the last
 read of the file ended starts decoding, on a small thread pool, the chunks
-of the next window of the file, so ``cat`` or ``nccopy`` streams while one
-chunk is being copied out. A random read decodes only its own chunks.
+of the next window of the file (their stored bytes fetched first, neighbours
+in one GET), so ``cat`` or ``nccopy`` streams while one chunk is being copied
+out. The raw reader's own readahead is off under this view (see
+:mod:`refmount.mount.assemble`): only the view knows which chunks come next. A random read, and a run shorter than
+:data:`READAHEAD_AFTER`, decodes only its own chunks.
 
 Variable-length strings need their longest length for the header; it is
 read from the data when the array's stored chunks are at most
@@ -49,6 +52,9 @@ log = logging.getLogger("refmount.netcdf")
 STRING_SCAN_LIMIT = 16 << 20
 #: How far from the furthest byte read a read may start and still continue a sequential run.
 RUN_SLACK = 1 << 20
+#: How long a run must be before chunks are decoded ahead of it: past what one slice and the kernel's own
+#: readahead (1 MiB past the reader) span, so ``ncks -d`` of a few steps decodes nothing it was not asked for.
+READAHEAD_AFTER = 4 << 20
 #: Chunks waiting to be decoded ahead, at most (each waits as a key; decoded, it lives in the chunk cache).
 QUEUED_CHUNKS = 256
 #: Files (groups) whose plans are kept.
@@ -94,6 +100,14 @@ class DecodedChunks:
         if array.dtype.kind == "O":
             return _decode_objects(array, data)
         return np.frombuffer(data, array.dtype).reshape(array.chunks, order=array.order)
+
+    def source(self, array: ArrayCodec, coords: tuple[int, ...]) -> Reference | None:
+        """The stored reference of a chunk (what is fetched to decode it), None if it was never written."""
+        try:
+            node = self.tree.raw.lookup(self.key(array, coords))
+        except (NotFound, NotADirectory):
+            return None
+        return node.ref if isinstance(node, File) else None
 
     def stored_bytes(self, array: ArrayCodec, limit: int) -> int | None:
         """Stored size of the chunks of ``array``, counted until it passes ``limit``.
@@ -334,10 +348,11 @@ class NetcdfReader:
 
         The kernel sends the reads of one sequential reader a few at a time and
         not always in order, so a read counts as continuing a run when it starts
-        within :data:`RUN_SLACK` of the furthest byte read so far. The window
-        grows with the run (twice what has been read in a row, up to
-        ``readahead``), so a reader that reads the header and then jumps
-        (``ncks -d``) costs at most a few chunks it did not need.
+        within :data:`RUN_SLACK` of the furthest byte read so far. Nothing is
+        decoded ahead until the run is :data:`READAHEAD_AFTER` long, so a
+        reader that reads the header and then one slice (``ncks -d``) decodes
+        only the chunks its reads cover; then the window grows with the run
+        (twice what has been read in a row, up to ``readahead``).
         """
         if self.readahead <= 0:
             return
@@ -347,6 +362,9 @@ class NetcdfReader:
                 self._streams[path] = (offset, end, 0)
                 return
             furthest = max(furthest, end)
+            if furthest - run_start < READAHEAD_AFTER:
+                self._streams[path] = (run_start, furthest, ahead)
+                return
             window = min(self.readahead, 2 * (furthest - run_start))
             if ahead >= furthest + window // 2:
                 self._streams[path] = (run_start, furthest, ahead)
@@ -355,8 +373,13 @@ class NetcdfReader:
             self._streams[path] = (run_start, furthest, stop)
         if start >= stop:
             return
+        chunks = list(dict.fromkeys(data.chunks_in(start, stop)))
+        # The stored bytes of the window first, in a few coalesced GETs, so the decoding workers find them
+        # fetched (or in flight) instead of each asking the store for one chunk.
+        sources = (self.view.chunks.source(array, coords) for array, coords in chunks)
+        self.decoding.raw.prefetch(ref for ref in sources if ref is not None)
         submitted = 0
-        for array, coords in dict.fromkeys(data.chunks_in(start, stop)):
+        for array, coords in chunks:
             if not self._slots.acquire(blocking=False):
                 break
             try:
