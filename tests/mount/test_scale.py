@@ -44,6 +44,14 @@ def _assert_same_tree(plain: Namespace, compact: CompactNamespace) -> None:
             directories.add(directory)
     for directory in directories:
         assert sorted(compact.listdir(directory)) == sorted(plain.listdir(directory))
+        prefix = directory + "/" if directory else ""
+        for name, size in compact.listdir_sizes(directory):  # what a listing hands the kernel
+            node = plain.lookup(prefix + name)
+            if isinstance(node, Dir):
+                assert size is None, prefix + name
+            else:
+                assert size == (-1 if isinstance(node.ref, Whole) else node.ref.size), prefix + name
+        assert [name for name, _ in compact.listdir_sizes(directory)] == list(compact.listdir(directory))
         assert compact.subdirectory_count(directory) == plain.subdirectory_count(directory)
         assert isinstance(compact.lookup(directory), Dir)
     assert dict(compact.iter_references()) == dict(plain.iter_references())
@@ -94,6 +102,10 @@ def test_listings_stream_and_errors_come_first():
         namespace.listdir("v/3")
     with pytest.raises(NotFound):
         namespace.listdir("w")
+    with pytest.raises(NotADirectory):
+        namespace.listdir_sizes("v/3")
+    with pytest.raises(NotFound):
+        namespace.listdir_sizes("w")
     assert isinstance(namespace.lookup("v/9999"), File)
     assert namespace.extent("s3://b/x") == 100_000
 
