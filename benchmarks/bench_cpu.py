@@ -6,6 +6,8 @@
 
 One refmount daemon with a 64 MiB block cache, smaller than D1+D2 at the quick sizes (70 MiB), so
 every pass (page cache dropped first) reads cold from the store; passes repeat for ``--seconds``.
+The readahead window is capped at an eighth of the cache (8 MiB here); ``--scale 0.25 --cache-size
+268435456`` reads 280 MiB per pass through a 256 MiB cache and the default 32 MiB window.
 A run of ``benchmarks/run.py --quick`` lasts well under a second per way and its CPU per GiB carries
 the daemon's fixed costs (first lookups, client warm-up); this loop measures the per-byte cost.
 Prints MiB/s, the daemon's user and system CPU seconds per GiB delivered, and GETs per GiB.
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--sets", default="D1,D2", help="datasets read each pass")
     parser.add_argument("--cache-size", type=int, default=64 << 20)
+    parser.add_argument("--scale", type=float, default=1 / 16,
+                        help="dataset size (1/16: D1+D2 70 MiB; 1/4 with --cache-size 256M gives the default 32 MiB window)")
     parser.add_argument("-o", "--mount-options", default="", help="extra refmount -o options")
     parser.add_argument("--py-spy", type=Path, default=None, help="also record a py-spy profile (raw format) here")
     parser.add_argument("--work", type=Path, default=Path("/tmp/refmount-bench-cpu"))
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     store.start()
     proxy = ProxyProcess(store.endpoint_url)
     try:
-        data = build(args.work / "data", 1 / 16, store, d3_scale=1 / 64)
+        data = build(args.work / "data", args.scale, store, d3_scale=1 / 64)
         bench = Bench(store, proxy, data, args.work, 1, args.cache_size, mount_options=args.mount_options)
         chunks = [c for name in args.sets.split(",") for c in data.chunks[name]]
         with bench.refmount(data.refs_main, "cpu") as (mnt, pid):

@@ -138,8 +138,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("shared_cache", _str, None, "look blocks up in, and upload fetched ones to, this S3 prefix shared by "
            "a fleet of mounts (s3://BUCKET/PREFIX; its own options as -o shared.NAME=VALUE, e.g. "
            "shared.endpoint_url; off unless given)", "URL"),
-    Option("record_cache", _int, 32, "decoded record files of a Parquet reference set kept in memory "
-           "(least recently used dropped first; each costs about 9 bytes per reference it holds)", "N", inspect=True),
+    Option("record_cache", _int, 32, "record files of a Parquet reference set kept in memory (least recently "
+           "used dropped first; each costs its file size while only looked up, about 9 bytes per reference once "
+           "listed or decoded)", "N", inspect=True),
     Option("ref", _str, None, "branch, tag or snapshot id of an Icechunk repository to mount (default: main; "
            "other reference sets refuse it)", "REF", inspect=True),
     # Tree presentation

@@ -178,8 +178,8 @@ class BlockCache:
         mine = {index: future for (_, index), future in claimed_by_us.items()}
         hits, misses = len(found), len(mine) + len(waiting)
         self.metrics.add_many((("cache_hits", hits), ("cache_misses", misses)))
-        if misses:
-            log.debug("cache miss %s blocks %s", url, sorted([*mine, *waiting]))
+        if misses and log.isEnabledFor(logging.DEBUG):  # the block list is built only for a debug log
+            log.debug("cache miss %s blocks %s", redact_url(url), sorted([*mine, *waiting]))
         return found, waiting, mine
 
     def _fetch(self, url: str, mine: dict[int, Future[bytes]], extent: int) -> None:

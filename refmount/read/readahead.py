@@ -17,6 +17,13 @@ Two signals, both in the byte space of the object rather than of the key:
   doubles its window, from one block up to ``readahead`` bytes; a read
   elsewhere starts a new cursor (replacing the least recently used one) with
   no window, so random access plans no readahead at all.
+- **Top-ups in large steps.** A stream's window is topped up only once half
+  of it (at most ``step``, the largest GET) is free, not after every read:
+  each top-up becomes GETs of its own, and every GET costs the store client
+  about a millisecond of CPU whatever its size, so topping up after each
+  1 MiB kernel read made a GET per MiB. The other half of the window is
+  still in flight or cached while the top-up is fetched, so the reader does
+  not catch up with it.
 
 Nothing planned crosses the object's extent (the end of the furthest
 reference into it), and a cursor never plans the same bytes twice.
@@ -49,9 +56,13 @@ class _Cursor:
 class ReadaheadPlanner:
     """Turn each read of an object into the ranges worth fetching before they are asked for."""
 
-    def __init__(self, block_size: int, readahead: int, *, streams_per_object: int = STREAMS_PER_OBJECT) -> None:
+    def __init__(
+        self, block_size: int, readahead: int, *, step: int | None = None, streams_per_object: int = STREAMS_PER_OBJECT
+    ) -> None:
+        """``step``: the largest top-up worth waiting for (the largest GET); default the whole ``readahead``."""
         self.block_size = block_size
         self.readahead = readahead
+        self.step = readahead if step is None else step
         self.streams_per_object = streams_per_object
         self._cursors: LRUCache[str, list[_Cursor]] = LRUCache(maxsize=OBJECTS_TRACKED)
         self._lock = threading.Lock()
@@ -80,8 +91,9 @@ class ReadaheadPlanner:
             if cursor.window:
                 start = max(read.stop, cursor.planned_to)
                 stop = min(extent, read.stop + cursor.window)
-                # Top up only when at least a block of the window is not planned yet.
-                if stop - start >= min(self.block_size, cursor.window):
+                # Top up once half the window (at most a step) is free, or the rest of the object is.
+                least = max(self.block_size, min(self.step, cursor.window // 2))
+                if stop - start >= least or (stop == extent and stop > start):
                     planned.append(ByteRange(start, stop))
                     cursor.planned_to = stop
             # The demand read fetches whole blocks: planning starts at the first block it does not touch,

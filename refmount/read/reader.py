@@ -47,7 +47,7 @@ class Reader:
         self.metrics = metrics or cache.metrics
         # Readahead beyond a fraction of the cache would evict itself (and other readers' blocks)
         # before it is read: a small cache gets a small window.
-        self.planner = ReadaheadPlanner(cache.block_size, min(readahead, cache.capacity // 8))
+        self.planner = ReadaheadPlanner(cache.block_size, min(readahead, cache.capacity // 8), step=cache.max_request)
         self._prefetcher = ThreadPoolExecutor(max_workers=prefetch_workers, thread_name_prefix="refmount-ahead")
         self._prefetch_slots = threading.BoundedSemaphore(prefetch_workers * 2)
 

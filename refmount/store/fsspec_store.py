@@ -299,7 +299,8 @@ class FsspecBackend:
                 if remaining <= 0:
                     raise TimeoutError()
                 self.metrics.add("gets")
-                answer = await asyncio.wait_for(self._get_async(fs, path, rng, facts.strong_etag), remaining)
+                async with asyncio.timeout(remaining):  # unlike wait_for, no task of its own per GET
+                    answer = await self._get_async(fs, path, rng, facts.strong_etag)
                 return self._checked(url, rng, self._answered_bytes(url, rng, answer, facts), facts)
             except Exception as exc:  # noqa: BLE001 - classified below
                 delay = self._next_delay(url, rng, exc, attempt, deadline)

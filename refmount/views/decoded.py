@@ -68,7 +68,7 @@ from refmount.read.ranges import clamp_read
 from refmount.refs.model import Inline, Range, Reference, Whole, known_size
 from refmount.refs.tree import Dir, File, Node, ReferenceTree
 from refmount.urls import redact_url
-from refmount.views.expansion import check_expansion
+from refmount.views.expansion import inflate_within
 from refmount.views.nczarr import nczarr_compatible
 from refmount.views.zarr_meta import ArrayCodec, codec_configs, decoded_zarray, is_object_dtype
 
@@ -437,8 +437,8 @@ class DecodingReader:
                 )
             raw = self.raw.read(File(path, ref.source), 0, self.raw.size(ref.source))
             compressor = ref.array.configs[-1].get("id") if ref.array.configs else None
-            check_expansion(path, compressor, raw, limit)
-            data = ref.trimmed(ref.array.decode(path, raw, ref.coords))
+            inflated = inflate_within(path, compressor, raw, limit)
+            data = ref.trimmed(ref.array.decode(path, raw, ref.coords, decompressed=inflated))
         except Exception:
             self.metrics.add("decode_errors")
             raise

@@ -165,14 +165,21 @@ class ArrayCodec:
         """The part of chunk ``coords`` that lies inside the array."""
         return tuple(max(0, min(c, n - i * c)) for i, c, n in zip(coords, self.chunks, self.shape, strict=False))
 
-    def decode(self, key: str, raw: bytes, coords: tuple[int, ...]) -> bytes:
-        """The full-shape decoded bytes of chunk ``key``; UnsupportedCodec or DecodeError, never wrong bytes."""
+    def decode(self, key: str, raw: bytes, coords: tuple[int, ...], *, decompressed: bytes | None = None) -> bytes:
+        """The full-shape decoded bytes of chunk ``key``; UnsupportedCodec or DecodeError, never wrong bytes.
+
+        ``decompressed``: what the compressor (the last codec) decodes ``raw``
+        to, when the caller already has it; only the codecs before it run.
+        """
         if self.problems:
             raise UnsupportedCodec(f"{key}: cannot decode: {'; '.join(self.problems)}")
         data: Any = raw
+        codecs = self.codecs
+        if decompressed is not None and codecs:
+            data, codecs = decompressed, codecs[:-1]
         codec = None
         try:
-            for codec in reversed(self.codecs):
+            for codec in reversed(codecs):
                 data = codec.decode(data)
             out = np.asarray(_ndarray_like(data))
             payload = out.tobytes(order="A")

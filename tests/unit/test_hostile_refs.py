@@ -311,3 +311,19 @@ def test_arbitrary_bytes_into_the_decompressor_and_decoder(data, extension):
             decode_json(text)
         except RefmountError as exc:
             _refused_with_a_reason(exc)
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["row-lookup", "listing"])
+def test_a_parquet_url_with_a_control_character_is_refused(listed):
+    """The row read of one chunk and the whole-record decode of a listing refuse the same URL."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        _write_parquet_set(root, [2], [1], 10, {"path": ["s3://b/o", "s3://b/\x00"], "offset": [0, 0],
+                                                "size": [4, 4]})
+        tree = ParquetNamespace(fsspec.filesystem("file"), str(root), (root / ".zmetadata").read_bytes(),
+                                base=str(root) + "/")
+        with pytest.raises(RefmountError, match="control character U\\+0000"):
+            if listed:
+                _walk(tree)
+            else:
+                tree.lookup("v/1")

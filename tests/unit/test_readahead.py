@@ -59,6 +59,27 @@ def test_a_sequential_reader_grows_its_window_up_to_readahead():
     assert 4 * MIB + 4 * MIB <= furthest <= 4 * MIB + 8 * MIB
 
 
+def test_a_long_sequential_stream_is_topped_up_in_steps_not_after_every_read():
+    """Each top-up becomes GETs of its own: 1 MiB reads must not make a top-up (a GET) per MiB."""
+    planner = ReadaheadPlanner(256 * KIB, 32 * MIB, step=8 * MIB)
+    planned = []
+    for offset in range(0, 256 * MIB, MIB):
+        planned += planner.plan("u", ByteRange(offset, offset + MIB), 1 << 40)
+    steady = [r for r in planned if r.start >= 64 * MIB]
+    assert steady and all(r.length >= 8 * MIB for r in steady), steady
+    # Still read ahead of: the window stays at least half full.
+    assert max(r.stop for r in planned) >= 256 * MIB + 16 * MIB
+
+
+def test_the_tail_of_an_object_is_planned_even_when_shorter_than_a_step():
+    planner = ReadaheadPlanner(256 * KIB, 32 * MIB, step=8 * MIB)
+    extent = 40 * MIB + 300 * KIB
+    planned = []
+    for offset in range(0, 40 * MIB, MIB):
+        planned += planner.plan("u", ByteRange(offset, offset + MIB), extent)
+    assert max(r.stop for r in planned) == extent
+
+
 def test_interleaved_readers_of_one_object_each_keep_their_stream():
     planner = ReadaheadPlanner(MIB, 8 * MIB)
     starts = [0, 40 * MIB, 80 * MIB]

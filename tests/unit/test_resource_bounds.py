@@ -38,7 +38,7 @@ from refmount.refs.parquet.tree import ParquetNamespace, grid_names
 from refmount.refs.relative import resolve_relative, set_base
 from refmount.refs.source import MAX_DECOMPRESSED_BYTES, decompress, load_references
 from refmount.store.retry import is_transient
-from refmount.views.expansion import check_expansion
+from refmount.views.expansion import check_expansion, inflate_within
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,3 +270,28 @@ def test_relative_paths_in_parquet_records_resolve_against_the_set_root(tmp_path
     assert tree.extent(f"{tmp_path}/data/a.bin") == 5
 
 
+
+
+@pytest.mark.parametrize("codec", ["zlib", "gzip"])
+def test_a_payload_inflated_for_the_expansion_check_is_what_the_codec_decodes(codec):
+    """The decoded view uses the check's inflated bytes instead of inflating again: they must be the codec's."""
+    import gzip as gzip_module
+
+    import numcodecs
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    chunk = rng.integers(0, 4, 1 << 20, dtype=np.uint8).tobytes()  # compresses to ~300 KB: examined at a 256 MiB limit
+    if codec == "zlib":
+        payload = zlib.compress(chunk)
+        payloads = [payload, payload + b"trailing bytes the codec ignores"]
+    else:
+        payloads = [gzip_module.compress(chunk), gzip_module.compress(chunk[:1000]) + gzip_module.compress(chunk[1000:])]
+    for payload in payloads:
+        assert len(payload) * 1032 > 256 << 20
+        inflated = inflate_within("v/0", codec, payload, 256 << 20)
+        assert inflated is not None
+        assert inflated == numcodecs.get_codec({"id": codec}).decode(payload) == chunk
+    assert inflate_within("v/0", codec, payloads[0][:-20], 256 << 20) is None  # truncated: left to the codec
+    assert inflate_within("v/0", codec, b"x" * 300_000, 256 << 20) is None  # not this codec's data
+    assert inflate_within("v/0", codec, payloads[0][:1000], 1 << 30) is None  # too small to examine

@@ -16,6 +16,7 @@ from typing import Any
 from refmount.errors import InvalidReferences
 from refmount.refs.model import Inline, Range, Reference, Whole
 from refmount.refs.relative import resolve_relative
+from refmount.refs.targets import control_character_problem
 
 __all__ = [
     "IDENTIFIER",
@@ -32,7 +33,6 @@ __all__ = [
 MAX_OFFSET = 2**63
 
 _BASE64_PREFIX = "base64:"
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # ``{{ name }}`` (spec) or ``{name}`` (kerchunk compact form).
 _URL_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -137,9 +137,9 @@ def resolve_url(
                 "reference has no url (null or empty) and the set has no default target url", key=key
             )
         return default_url
-    bad = _CONTROL.search(url)
-    if bad is not None:
-        raise InvalidReferences(f"url contains control character U+{ord(bad.group()):04X}", key=key)
+    problem = control_character_problem(url)
+    if problem is not None:
+        raise InvalidReferences(problem, key=key)
     return resolve_relative(url, base) if base is not None else url
 
 

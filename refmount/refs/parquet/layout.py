@@ -51,7 +51,8 @@ __all__ = [
 #: Rows per record file: fsspec's LazyReferenceMapper default.
 DEFAULT_RECORD_SIZE = 10_000
 
-#: Decoded record files a reader keeps in memory (option ``record_cache``); each costs about 9 bytes per row.
+#: Record files a reader keeps in memory (option ``record_cache``): each costs its file size while only
+#: looked up row by row, about 9 bytes per row once decoded whole.
 DEFAULT_RECORD_CACHE = 32
 
 #: Columns of a record file that references are made of; anything else in it is not read.

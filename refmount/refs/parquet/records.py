@@ -98,7 +98,12 @@ class Record:
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
                 raise InvalidReferences(f"record file {where}: column 'path' has type {path.type}, not string")
             if not pa.types.is_null(path.type) and path.null_count < self.rows:
-                self._decode_paths(path, intern)
+                try:
+                    self._decode_paths(path, intern)
+                except UnicodeDecodeError as exc:
+                    raise InvalidReferences(f"record file {where}: column 'path' is not UTF-8 text: {exc}") from None
+                except InvalidReferences as exc:
+                    raise InvalidReferences(f"record file {where}: {exc}") from None
         offsets, sizes = self._integers(table, "offset", where), self._integers(table, "size", where)
         self._check_ranges(offsets, sizes, where)
         self.offsets = _narrowest(offsets)
@@ -129,6 +134,9 @@ class Record:
                      for url in chunk.dictionary.to_pylist()]
             mapping = np.array(local + [-1], dtype=np.int32)  # the last slot maps null rows
             indices = _values(chunk.indices, fill=len(local))
+            if indices.size and (int(indices.min()) < 0 or int(indices.max()) > len(local)):
+                # Arrow does not check a damaged file's indices; numpy would wrap or fail on them
+                raise InvalidReferences(f"column 'path' has dictionary indices outside its {len(local)} values")
             parts.append(mapping[indices])
         codes = np.concatenate(parts) if parts else np.zeros(0, np.int32)
         self.urls = list(index)
