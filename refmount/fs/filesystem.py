@@ -66,18 +66,23 @@ class RefFilesystem:
     def listing(self, path: str) -> Listing:
         """Names in a directory with the attributes :meth:`getattr` gives them, where those cost no I/O.
 
-        Each name is looked up in the tree (in memory for JSON sets; a Parquet
-        set's record file, which ``stat`` would read anyway); a file whose size
-        only the store knows, or a planned-on-demand netCDF file, goes without
-        attributes, and so does an entry whose lookup fails (its ``stat`` reports why).
+        Each name is looked up in the tree when the tree answers lookups from
+        memory (JSON sets and the decoded view over them; the compact tree
+        gives the sizes with the names); a tree whose lookups may read the
+        store (Parquet, Icechunk, the Zarr v3 and netCDF views) lists names
+        only, as readdir does, for a listing must not cost a read per entry.
+        A file whose size only the store knows goes without attributes, and so
+        does an entry whose lookup fails (its ``stat`` reports why).
         """
         key = path.strip("/")
         prefix = key + "/" if key else ""
         sized = getattr(self.namespace, "listdir_sizes", None)
         if sized is not None and type(self.reader) is Reader:  # the raw view of a compact tree: sizes in bulk
             entries = self._sized_entries(prefix, sized(path))
-        else:
+        elif getattr(self.namespace, "lookups_in_memory", False):
             entries = self._entries(prefix, self.namespace.listdir(path))  # NotFound / NotADirectory now
+        else:  # a lookup may read the store (Parquet record files, Icechunk manifests): names only, as readdir
+            entries = ((name, inode_of(prefix + name), 0, UNKNOWN) for name in self.namespace.listdir(path))
         return Listing(
             self.owner.file_attrs(0, 0, self.reader.cache.block_size, self.mtime),
             self.owner.dir_attrs(0, 2, self.mtime),

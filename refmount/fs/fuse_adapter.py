@@ -214,8 +214,8 @@ class FuseAdapter(_Operations):
         ``.`` and ``..`` go bare, as before (the kernel takes no attributes for
         them). An entry whose attributes are known goes with its full ``stat``
         and, when libfuse asks for attributes, FUSE_FILL_DIR_PLUS; other entries
-        go with their kind and inode, which readdir(3) reports, and the kernel
-        looks them up. A failure mid-listing (a Parquet record file that cannot
+        go with their inode and their kind where known (else DT_UNKNOWN), which
+        readdir(3) reports, and the kernel looks them up. A failure mid-listing (a Parquet record file that cannot
         be read) ends the listing with its errno, and the next read lists again.
         """
         opened = self._dirs.get(fh) or _OpenDir(self.fs, path)  # no handle of ours: list for this call only
@@ -317,7 +317,7 @@ def _fill(opened: _OpenDir, offset: int, with_attrs: int, fill: Filler) -> int:
             bare = opened.bare
             ctypes.memset(ctypes.byref(bare), 0, ctypes.sizeof(bare))
             bare.st_mode, bare.st_ino = kind, inode
-            full = fill(name.encode("utf-8", "surrogateescape"), bare if kind else None, position + 1, 0)
+            full = fill(name.encode("utf-8", "surrogateescape"), bare, position + 1, 0)
         elif kind == stat.S_IFDIR:
             dirs, known = opened.dirs, True
             dirs.st_ino, dirs.st_nlink = inode, count

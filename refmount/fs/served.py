@@ -75,7 +75,7 @@ class ServedTree(Protocol):
 UNKNOWN = -1
 
 #: One entry of a :class:`Listing`: name, inode, kind (``stat.S_IFREG``, ``stat.S_IFDIR``, or 0 when not even
-#: that is known), and a file's size or a directory's link count, or :data:`UNKNOWN`.
+#: that is known without a lookup), and a file's size or a directory's link count, or :data:`UNKNOWN`.
 Entry = tuple[str, int, int, int]
 
 

@@ -59,6 +59,9 @@ def _narrow(values: np.ndarray) -> np.ndarray:
 class CompactNamespace:
     """Lookup, streaming listing and per-URL extents over column arrays (see the module doc)."""
 
+    #: Lookups answer from memory: a listing may look up each of its entries (for readdirplus).
+    lookups_in_memory = True
+
     def __init__(self, refs: Mapping[str, Reference]) -> None:
         dir_ids: dict[str, int] = {}
         dir_of = array("I")

@@ -187,6 +187,11 @@ class DecodedTree:
         shown = self._present(node.path, node.ref)
         return node if shown is node.ref else File(node.path, shown)
 
+    @property
+    def lookups_in_memory(self) -> bool:
+        """As the raw tree's (an array's metadata is read once, as for any ``stat`` of its chunks)."""
+        return bool(getattr(self.raw, "lookups_in_memory", False))
+
     def listdir(self, path: str) -> Iterable[str]:
         return self.raw.listdir(path)
 

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refmount.errors import InvalidReferences, NotADirectory, NotFound
+from refmount.mount.control import read_stats
 from refmount.refs.compact import CompactNamespace
 from refmount.refs.kerchunk.parse import parse_references
 from refmount.refs.model import Inline, Range, Whole
@@ -171,5 +172,6 @@ def test_a_large_parquet_variable_lists_and_stats_lazily(big_parquet, tmp_path):
         assert len(names) == present + 1  # and .zarray
         assert "0.0" not in names and "0.1" in names and f"{GRID[0] - 1}.{GRID[1] - 1}" in names
         assert m.log().count("loaded record file") <= loaded + total // RECORD
+        assert read_stats(str(m.path))["listed_with_attrs"] == 0  # a listing looks no Parquet entry up
         data = (big_parquet / "data.bin").read_bytes()
         assert (m.path / "big/3.17").read_bytes() == data[((3 * GRID[1] + 17) % 1000) * 4:][:4]
