@@ -96,17 +96,19 @@ def _resolve(refs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(root: Path, scale: float, store: Any, log: Any = print, d3_scale: float | None = None) -> Datasets:
+def build(root: Path, scale: float, store: Any, log: Any = print, d3_scale: float | None = None,
+          chunked: tuple[str, ...] = ("D1", "D2", "D3")) -> Datasets:
     """Generate (or reuse, when the same scale was built before) and upload everything.
 
     ``d3_scale`` shrinks D3 separately: its 100k GETs of 64 KiB dominate a run on a small machine.
+    ``chunked`` names the HDF5 datasets to build (none for a run of the listing alone, which reads D4 only).
     """
     root.mkdir(parents=True, exist_ok=True)
     data = Datasets(root)
     rng = np.random.default_rng(42)
     store.create_bucket(BUCKET)
     merged: dict[str, Any] = {".zgroup": json.dumps({"zarr_format": 2})}
-    for name in ("D1", "D2", "D3"):
+    for name in chunked:
         path = root / f"{name}.h5"
         url = f"s3://{BUCKET}/{name}.h5"
         stamp = root / f"{name}.scale"
@@ -163,4 +165,4 @@ def _build_d4(data: Datasets, scale: float, store: Any) -> None:
     data.refs_d4 = data.root / "D4.refs.json"
     data.refs_d4.write_text(json.dumps({"version": 1, "refs": refs}))
     data.d4_keys = len(refs)
-    data.d4_tree = tree
+    data.d4_tree = tree.resolve()  # the directory itself, should the work directory link to it

@@ -21,6 +21,8 @@ COUNTERS = (
     "cache_misses",
     "errors",
     "prefetches",
+    "attr_requests",
+    "listed_with_attrs",
 )
 
 #: The cache tiers' counters (``refmount.read.tiers``), present only when the tier is configured.

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from refmount.errors import IsADirectory, NoAttribute, ReadOnly
-from refmount.fs.served import WRITE_FLAGS, XATTR_PREFIX, TreeOwner, statfs_figures
+from refmount.errors import IsADirectory, NoAttribute, ReadOnly, RefmountError
+from refmount.fs.served import UNKNOWN, WRITE_FLAGS, XATTR_PREFIX, Entry, Listing, TreeOwner, statfs_figures
 from refmount.read.reader import Reader
-from refmount.refs.tree import Dir, File, ReferenceTree
+from refmount.refs.tree import Dir, File, ReferenceTree, inode_of
 
 __all__ = ["RefFilesystem", "TreeOwner"]
 
@@ -61,6 +62,55 @@ class RefFilesystem:
     def readdir(self, path: str) -> Iterable[str]:
         """Names in a directory, streamed; asks the store only for Parquet record files."""
         return itertools.chain((".", ".."), self.namespace.listdir(path))
+
+    def listing(self, path: str) -> Listing:
+        """Names in a directory with the attributes :meth:`getattr` gives them, where those cost no I/O.
+
+        Each name is looked up in the tree when the tree answers lookups from
+        memory (JSON sets and the decoded view over them; the compact tree
+        gives the sizes with the names); a tree whose lookups may read the
+        store (Parquet, Icechunk, the Zarr v3 and netCDF views) lists names
+        only, as readdir does, for a listing must not cost a read per entry.
+        A file whose size only the store knows goes without attributes, and so
+        does an entry whose lookup fails (its ``stat`` reports why).
+        """
+        key = path.strip("/")
+        prefix = key + "/" if key else ""
+        sized = getattr(self.namespace, "listdir_sizes", None)
+        if sized is not None and type(self.reader) is Reader:  # the raw view of a compact tree: sizes in bulk
+            entries = self._sized_entries(prefix, sized(path))
+        elif getattr(self.namespace, "lookups_in_memory", False):
+            entries = self._entries(prefix, self.namespace.listdir(path))  # NotFound / NotADirectory now
+        else:  # a lookup may read the store (Parquet record files, Icechunk manifests): names only, as readdir
+            entries = ((name, inode_of(prefix + name), 0, UNKNOWN) for name in self.namespace.listdir(path))
+        return Listing(
+            self.owner.file_attrs(0, 0, self.reader.cache.block_size, self.mtime),
+            self.owner.dir_attrs(0, 2, self.mtime),
+            entries,
+        )
+
+    def _sized_entries(self, prefix: str, names: Iterator[tuple[str, int | None]]) -> Iterator[Entry]:
+        """Entries from a tree that states its files' sizes with their names (what the raw reader answers)."""
+        subdirectories = self.namespace.subdirectory_count
+        for name, size in names:
+            if size is None:
+                yield name, inode_of(prefix + name), stat.S_IFDIR, 2 + subdirectories(prefix + name)
+            else:
+                yield name, inode_of(prefix + name), stat.S_IFREG, UNKNOWN if size < 0 else size
+
+    def _entries(self, prefix: str, names: Iterable[str]) -> Iterator[Entry]:
+        lookup, listed_size, subdirectories = self.namespace.lookup, self.reader.listed_size, self.namespace.subdirectory_count
+        for name in names:
+            try:
+                node = lookup(prefix + name)
+            except RefmountError:
+                yield name, inode_of(prefix + name), 0, UNKNOWN
+                continue
+            if isinstance(node, Dir):
+                yield name, node.inode, stat.S_IFDIR, 2 + subdirectories(node.path)
+            else:
+                size = listed_size(node.ref)
+                yield name, node.inode, stat.S_IFREG, UNKNOWN if size is None else size
 
     def statfs(self) -> dict[str, int]:
         return statfs_figures(len(self.namespace) + self.namespace.directory_count)

@@ -28,12 +28,34 @@ success itself, and the kernel keeps asking.
 - ``flush`` on every close: a read-only tree has nothing to flush.
 - ``getxattr``/``listxattr`` unless ``xattrs`` is on: ``ls -l`` asks for ACLs
   and security labels of every file, and the kernel caches no answer.
+
+Listings carry attributes (readdirplus). The kernel asks for a directory's
+entries with their attributes when INIT enables it; mfusepy passes every
+entry without them, so ``ls -l`` or ``find`` of a directory of a million
+chunks cost a ``lookup`` upcall per entry. :class:`_Fuse` overrides mfusepy's
+readdir to hand libfuse each entry's full ``stat`` with FUSE_FILL_DIR_PLUS
+(:meth:`FuseAdapter.fill_directory`), from the filesystem's
+:meth:`~refmount.fs.served.ServedTree.listing`. libfuse 3.14 turns such an
+entry into a kernel entry with attributes only in its offset mode (in the
+zero-offset mode it drops them, libfuse issue 235, fixed in 3.17 by pull
+request 896), so entries carry offsets and each open directory keeps its
+place (:mod:`refmount.fs.dirstream`). libfuse creates the entry with the
+entry and attribute timeouts of a ``lookup``. The adaptive mode
+(READDIRPLUS_AUTO) is turned off: it sends attributes for the first buffer
+only, and ``ls -l`` lists the whole directory before its first ``stat``.
+The price is paid by repeated listings: each kernel request is now a call
+into Python, where the zero-offset mode had libfuse answer all but the first
+from its own copy. The kernel's readdir cache (FOPEN_CACHE_DIR) would spare
+them the daemon, but libfuse 3.14's high-level ``opendir`` does not pass the
+flag on (libfuse issue 821, fixed in 3.16 by pull request 822).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
+import itertools
 import logging
 import os
 import stat
@@ -48,7 +70,8 @@ os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 import mfusepy as fuse  # noqa: E402 - must follow FUSE_LIBRARY_NAME
 
 from refmount.errors import NotADirectory, ReadOnly, errno_for  # noqa: E402
-from refmount.fs.served import ServedTree  # noqa: E402
+from refmount.fs.dirstream import DirStream  # noqa: E402
+from refmount.fs.served import UNKNOWN, Entry, ServedTree, blocks_of  # noqa: E402
 from refmount.metrics import Metrics  # noqa: E402
 
 if TYPE_CHECKING:
@@ -68,11 +91,20 @@ WRITE_OPERATIONS = (
     "setxattr", "symlink", "truncate", "unlink", "utimens", "write",
 )  # fmt: skip
 
-#: Calls handed to libfuse; each passes through :func:`_errno_boundary`.
+#: Calls handed to libfuse (and the listing :class:`_Fuse` calls); each passes through :func:`_errno_boundary`.
 OPERATIONS = (
-    "init_with_config", "destroy", "getattr", "readdir", "access", "open", "read", "release", "statfs", "getxattr",
-    "listxattr", "readlink", "opendir", "releasedir", "flush", "fsync", *WRITE_OPERATIONS,
+    "init_with_config", "destroy", "getattr", "readdir", "fill_directory", "access", "open", "read", "release",
+    "statfs", "getxattr", "listxattr", "readlink", "opendir", "releasedir", "flush", "fsync", *WRITE_OPERATIONS,
 )  # fmt: skip
+
+# libfuse 3 (fuse.h, fuse_common.h): the readdir request flag, the filler flag, the INIT capabilities.
+FUSE_READDIR_PLUS = 1 << 0
+FUSE_FILL_DIR_PLUS = 1 << 1
+FUSE_CAP_READDIRPLUS = 1 << 13
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+
+#: The filler libfuse passes to readdir, bound to its buffer: (name, stat or None, offset, flags) -> 1 when full.
+Filler = Callable[[bytes, Any, int, int], int]
 
 #: The largest read the kernel sends (256 pages, its max_pages limit); offered at INIT as the readahead.
 MAX_READ = 1 << 20
@@ -114,6 +146,8 @@ class FuseAdapter(_Operations):
         self.on_init = on_init
         self.stateless_open = stateless_open
         self.xattrs = xattrs
+        self._dirs: dict[int, _OpenDir] = {}
+        self._dir_ids = itertools.count(1)
 
     def failure(self, op: str, path: str, exc: BaseException) -> fuse.FuseOSError:
         """The errno answer for ``exc``, counted and logged when it is worth an operator's attention."""
@@ -135,6 +169,9 @@ class FuseAdapter(_Operations):
         """
         if conn is not None:
             conn.max_readahead = MAX_READ
+            if conn.capable & FUSE_CAP_READDIRPLUS:
+                conn.want = (conn.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+            log.debug("INIT: capable %#x, want %#x", conn.capable, conn.want)
         if self.on_init is not None:
             self.on_init()
 
@@ -144,12 +181,15 @@ class FuseAdapter(_Operations):
     # -- reads ---------------------------------------------------------------
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        self.metrics.add("attr_requests")
         if fh is not None:
             # fstat of an open file: answer from what was opened, also after a reload removed the path.
             return self.fs.getattr_of_handle(fh, path)
         return self.fs.getattr(path)
 
     def readdir(self, path: str, fh: int) -> Iterator[tuple[str, None, int]]:
+        """mfusepy's listing, names only: what makes mfusepy register readdir; :class:`_Fuse` answers with
+        :meth:`fill_directory` instead."""
         return self._streamed("readdir", path, iter(self.fs.readdir(path)))
 
     def _streamed(self, op: str, path: str, names: Iterator[str]) -> Iterator[tuple[str, None, int]]:
@@ -167,6 +207,22 @@ class FuseAdapter(_Operations):
             self.metrics.add("errors")
             log.warning("%s %s failed while listing: %s (%s)", op, path, exc, errno.errorcode.get(code, code))
             raise fuse.FuseOSError(code) from None
+
+    def fill_directory(self, path: str, fh: int, offset: int, plus: bool, fill: Filler) -> int:
+        """Hand libfuse the entries of the open directory ``fh`` from ``offset`` on, until its buffer is full.
+
+        ``.`` and ``..`` go bare, as before (the kernel takes no attributes for
+        them). An entry whose attributes are known goes with its full ``stat``
+        and, when libfuse asks for attributes, FUSE_FILL_DIR_PLUS; other entries
+        go with their inode and their kind where known (else DT_UNKNOWN), which
+        readdir(3) reports, and the kernel looks them up. A failure mid-listing (a Parquet record file that cannot
+        be read) ends the listing with its errno, and the next read lists again.
+        """
+        opened = self._dirs.get(fh) or _OpenDir(self.fs, path)  # no handle of ours: list for this call only
+        listed = _fill(opened, offset, FUSE_FILL_DIR_PLUS if plus else 0, fill)
+        if plus and listed:
+            self.metrics.add("listed_with_attrs", listed)
+        return 0
 
     def access(self, path: str, amode: int) -> int:
         self.fs.access(path, amode)
@@ -205,12 +261,15 @@ class FuseAdapter(_Operations):
         raise fuse.FuseOSError(errno.EINVAL)  # POSIX: not a symbolic link
 
     def opendir(self, path: str) -> int:
-        # Check the kind only: listing here would build a million-entry directory twice.
+        # Check the kind only: the listing is made on the first read (a million-entry directory, once).
         if not stat.S_ISDIR(self.fs.getattr(path)["st_mode"]):
             raise NotADirectory(path)
-        return 0
+        handle = next(self._dir_ids)
+        self._dirs[handle] = _OpenDir(self.fs, path)
+        return handle
 
     def releasedir(self, path: str, fh: int) -> int:
+        self._dirs.pop(fh, None)
         return 0
 
     def flush(self, path: str, fh: int) -> int:
@@ -218,6 +277,69 @@ class FuseAdapter(_Operations):
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         return 0
+
+
+#: Positions 0 and 1 of every listing.
+DOTS: tuple[Entry, ...] = ((".", 0, 0, 0), ("..", 0, 0, 0))
+
+
+class _OpenDir:
+    """One open directory: its listing, made on the first read, and the ``c_stat`` buffers its entries are sent in.
+
+    libfuse serialises the reads of one open directory, so the buffers are
+    reused without a lock. The file and directory buffers are filled once from
+    the listing's ``getattr`` templates with mfusepy's ``set_st_attrs``, the
+    function its ``getattr`` uses; each entry then sets only its own fields.
+    """
+
+    def __init__(self, fs: ServedTree, path: str) -> None:
+        self._fs = fs
+        self._path = path
+        self.stream: DirStream[Entry] = DirStream(self._produce)
+        self.files, self.dirs, self.bare = fuse.c_stat(), fuse.c_stat(), fuse.c_stat()
+
+    def _produce(self) -> Iterator[Entry]:
+        listing = self._fs.listing(self._path)
+        for buffer, attrs in ((self.files, listing.file_attrs), (self.dirs, listing.dir_attrs)):
+            ctypes.memset(ctypes.byref(buffer), 0, ctypes.sizeof(buffer))
+            fuse.set_st_attrs(buffer, attrs)
+        return itertools.chain(DOTS, listing.entries)
+
+
+def _fill(opened: _OpenDir, offset: int, with_attrs: int, fill: Filler) -> int:
+    """Fill from ``offset`` until the filler says the buffer is full; how many entries went with attributes."""
+    listed = 0
+    for position, (name, inode, kind, count) in opened.stream.starting_at(offset):
+        known = False
+        if position < len(DOTS):
+            full = fill(name.encode(), None, position + 1, 0)
+        elif count == UNKNOWN or not kind:
+            bare = opened.bare
+            ctypes.memset(ctypes.byref(bare), 0, ctypes.sizeof(bare))
+            bare.st_mode, bare.st_ino = kind, inode
+            full = fill(name.encode("utf-8", "surrogateescape"), bare, position + 1, 0)
+        elif kind == stat.S_IFDIR:
+            dirs, known = opened.dirs, True
+            dirs.st_ino, dirs.st_nlink = inode, count
+            full = fill(name.encode("utf-8", "surrogateescape"), dirs, position + 1, with_attrs)
+        else:
+            files, known = opened.files, True
+            files.st_ino, files.st_size, files.st_blocks = inode, count, blocks_of(count)
+            full = fill(name.encode("utf-8", "surrogateescape"), files, position + 1, with_attrs)
+        if full:
+            return listed
+        listed += known
+    return listed
+
+
+class _Fuse(fuse.FUSE):  # type: ignore[misc]  # mfusepy is untyped
+    """mfusepy's FUSE whose readdir hands libfuse the entries' attributes (see the module docstring)."""
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        decoded = "" if path is None else path.decode(self.encoding, self.errors)
+        return cast(int, self.operations.fill_directory(
+            decoded, fip.contents.fh, offset, bool(flags & FUSE_READDIR_PLUS), functools.partial(filler, buf)
+        ))
 
 
 def _refuse_write(self: FuseAdapter, path: str, *args: Any) -> Any:
@@ -248,7 +370,7 @@ def run_fuse(adapter: FuseAdapter, mountpoint: str, options: dict[str, Any]) -> 
     """
     threads = options.pop("threads", True)
     try:
-        fuse.FUSE(adapter, mountpoint, raw_fi=False, foreground=True, nothreads=not threads, **options)
+        _Fuse(adapter, mountpoint, raw_fi=False, foreground=True, nothreads=not threads, **options)
     except RuntimeError as exc:
         if exc.args != (LOOP_ENDED,):
             raise

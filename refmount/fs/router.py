@@ -33,9 +33,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ from refmount.errors import (
     RefmountError,
 )
 from refmount.fs.filesystem import RefFilesystem
-from refmount.fs.served import TreeOwner, statfs_figures
+from refmount.fs.served import UNKNOWN, Entry, Listing, TreeOwner, statfs_figures
 from refmount.metrics import Metrics
 from refmount.refs.collection import SetSource
 from refmount.refs.tree import inode_of
@@ -305,6 +306,22 @@ class SetRouter:
             return [".", "..", *sorted(self._slots)]
         return slot.get().readdir(inner)
 
+    def listing(self, path: str) -> Listing:
+        """A set's listing, its inode numbers those of the mount; a collection's root lists its sets bare.
+
+        The root must not load the sets, so its entries go without attributes
+        (the kernel looks up the few set directories it needs).
+        """
+        slot, inner = self._route(path)
+        if slot is None:
+            root = self._dir_attrs("", 2 + len(self._slots))
+            entries = ((name, inode_of(name), stat.S_IFDIR, UNKNOWN) for name in sorted(self._slots))
+            return Listing(root, root, entries)
+        listing = slot.get().listing(inner)
+        if not self.collection:
+            return listing
+        return Listing(listing.file_attrs, listing.dir_attrs, _renumbered(path.strip("/"), listing.entries))
+
     def statfs(self) -> dict[str, int]:
         """One set's figures as its own filesystem gives them; a collection adds its root, and counts a
         set not loaded yet as the one directory it shows."""
@@ -375,6 +392,12 @@ class SetRouter:
         if self.last_reload is not None:
             figures["last_reload"] = self.last_reload.describe()
         return figures
+
+
+def _renumbered(directory: str, entries: Iterator[Entry]) -> Iterator[Entry]:
+    """Entries of a set in a collection with the inode numbers :meth:`SetRouter.getattr` gives them."""
+    for name, _, kind, count in entries:
+        yield name, inode_of(f"{directory}/{name}"), kind, count
 
 
 def _node_count(fs: RefFilesystem | None) -> int:

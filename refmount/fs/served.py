@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +41,13 @@ class ServedTree(Protocol):
         """Names in a directory, ``.`` and ``..`` first; NotADirectory (ENOTDIR) for a file."""
         ...
 
+    def listing(self, path: str) -> Listing:
+        """The entries of a directory (without ``.`` and ``..``) with the attributes known without I/O.
+
+        NotFound or NotADirectory when called, like :meth:`readdir`; the entries stream.
+        """
+        ...
+
     def statfs(self) -> dict[str, int]: ...
 
     def access(self, path: str, mode: int) -> None:
@@ -62,6 +69,43 @@ class ServedTree(Protocol):
     def getxattr(self, path: str, name: str) -> bytes:
         """One extended attribute; NoAttribute (ENODATA) if ``path`` has none of that name."""
         ...
+
+
+#: The size or link count of an entry whose attributes are not known without I/O (the kernel asks for them).
+UNKNOWN = -1
+
+#: One entry of a :class:`Listing`: name, inode, kind (``stat.S_IFREG``, ``stat.S_IFDIR``, or 0 when not even
+#: that is known without a lookup), and a file's size or a directory's link count, or :data:`UNKNOWN`.
+Entry = tuple[str, int, int, int]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A directory's entries with their attributes, for a listing that hands them to the kernel (readdirplus).
+
+    ``file_attrs`` and ``dir_attrs`` are what ``getattr`` answers for every file
+    and directory of this listing but for the fields each entry sets
+    (:meth:`attrs`), so the attributes a listing gives are those ``stat``
+    gives, by construction: one dictionary per listing, a tuple per entry.
+    """
+
+    file_attrs: dict[str, Any]
+    dir_attrs: dict[str, Any]
+    entries: Iterator[Entry]
+
+    def attrs(self, entry: Entry) -> dict[str, Any] | None:
+        """The ``getattr`` answer an entry stands for; None when its attributes are not known."""
+        _, inode, kind, count = entry
+        if count == UNKNOWN or not kind:
+            return None
+        if kind == stat.S_IFDIR:
+            return {**self.dir_attrs, "st_ino": inode, "st_nlink": count}
+        return {**self.file_attrs, "st_ino": inode, "st_size": count, "st_blocks": blocks_of(count)}
+
+
+def blocks_of(size: int) -> int:
+    """``st_blocks`` of a file of ``size`` bytes (512-byte units)."""
+    return (size + 511) // 512
 
 
 @dataclass(frozen=True)
@@ -90,7 +134,7 @@ class TreeOwner:
             "st_mode": self.file_mode(),
             "st_nlink": 1,
             "st_size": size,
-            "st_blocks": (size + 511) // 512,
+            "st_blocks": blocks_of(size),
             "st_blksize": block_size,
         }
 

@@ -45,6 +45,8 @@ DISPLAY = (
     ("get_retries", "GET retries"),
     ("cache_hits", "cache hits"),
     ("cache_misses", "cache misses"),
+    ("attr_requests", "attribute requests"),
+    ("listed_with_attrs", "entries listed with attributes"),
     ("cache_bytes", "cache bytes"),
     ("cache_capacity", "cache capacity"),
     ("disk_cache_hits", "disk cache hits"),

@@ -29,6 +29,8 @@ HELP = {
     "cache_misses": "block cache misses",
     "errors": "operations that failed with an error worth attention (EIO and alike)",
     "prefetches": "readahead fetches started",
+    "attr_requests": "attribute requests (lookup, stat) answered",
+    "listed_with_attrs": "directory entries listed with their attributes (readdirplus)",
     "reloads": "successful reloads",
     "reload_failures": "failed reloads",
     "cache_bytes": "bytes held by the block cache",

@@ -33,6 +33,15 @@ class FileReader(Protocol):
         """The exact size of the file ``ref`` describes (may ask the store once)."""
         ...
 
+    def listed_size(self, ref: Reference) -> int | None:
+        """:meth:`size` when it is known without asking the store or planning a file; else None.
+
+        A directory listing that hands the kernel every entry's attributes
+        (readdirplus) must cost no I/O per entry: an entry whose size is not
+        known this cheaply goes without attributes, and the kernel asks for them.
+        """
+        ...
+
     def read(self, file: File, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of ``file`` at ``offset``; empty at or past the end, an error rather than other bytes."""
         ...

@@ -62,6 +62,9 @@ class Reader:
             return self.backend.size(ref.url)
         return ref.size
 
+    def listed_size(self, ref: Reference) -> int | None:
+        return None if isinstance(ref, Whole) else ref.size
+
     def read(self, file: File, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of ``file`` at ``offset``; empty at or past the end."""
         ref = file.ref

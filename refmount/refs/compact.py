@@ -59,6 +59,9 @@ def _narrow(values: np.ndarray) -> np.ndarray:
 class CompactNamespace:
     """Lookup, streaming listing and per-URL extents over column arrays (see the module doc)."""
 
+    #: Lookups answer from memory: a listing may look up each of its entries (for readdirplus).
+    lookups_in_memory = True
+
     def __init__(self, refs: Mapping[str, Reference]) -> None:
         dir_ids: dict[str, int] = {}
         dir_of = array("I")
@@ -215,6 +218,26 @@ class CompactNamespace:
             stop = min(info.stop, start + _LIST_BATCH)
             first, last = int(self._name_offsets[start]), int(self._name_offsets[stop]) - 1
             yield from self._blob[first:last].decode("utf-8").split(_SEPARATOR)
+
+    def listdir_sizes(self, path: str) -> Iterator[tuple[str, int | None]]:
+        """:meth:`listdir` with each file's size where the set states it (None for a directory, -1 for a
+        whole object, whose size only the store knows); one slice of the columns per batch, no lookup per name."""
+        key = path.strip("/")
+        info = self._dirs.get(key)
+        if info is None:
+            self.listdir(path)  # raises NotADirectory or NotFound
+            return iter(())
+        return self._sized_names(info)
+
+    def _sized_names(self, info: _DirInfo) -> Iterator[tuple[str, int | None]]:
+        for name in info.subdirs:
+            yield name, None
+        for start in range(info.start, info.stop, _LIST_BATCH):
+            stop = min(info.stop, start + _LIST_BATCH)
+            first, last = int(self._name_offsets[start]), int(self._name_offsets[stop]) - 1
+            names = self._blob[first:last].decode("utf-8").split(_SEPARATOR)
+            sizes = np.where(self._kinds[start:stop] == _WHOLE, -1, self._lengths[start:stop].astype(np.int64))
+            yield from zip(names, sizes.tolist(), strict=True)
 
     def subdirectory_count(self, path: str) -> int:
         info = self._dirs.get(path.strip("/"))

@@ -113,6 +113,9 @@ def implied_directories(
 class Namespace:
     """Lookup, listing and per-URL extents for one reference set, held in a dict."""
 
+    #: Lookups answer from memory: a listing may look up each of its entries (for readdirplus).
+    lookups_in_memory = True
+
     def __init__(self, refs: Mapping[str, Reference]) -> None:
         self._files: dict[str, Reference] = dict(refs)
         files_in: dict[str, list[str]] = {}

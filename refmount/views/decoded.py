@@ -187,6 +187,11 @@ class DecodedTree:
         shown = self._present(node.path, node.ref)
         return node if shown is node.ref else File(node.path, shown)
 
+    @property
+    def lookups_in_memory(self) -> bool:
+        """As the raw tree's (an array's metadata is read once, as for any ``stat`` of its chunks)."""
+        return bool(getattr(self.raw, "lookups_in_memory", False))
+
     def listdir(self, path: str) -> Iterable[str]:
         return self.raw.listdir(path)
 
@@ -371,6 +376,7 @@ class RawReader(Protocol):
     @property
     def metrics(self) -> Metrics: ...
     def size(self, ref: Reference) -> int: ...
+    def listed_size(self, ref: Reference) -> int | None: ...
     def read(self, file: File, offset: int, size: int) -> bytes: ...
     def describe(self, file: File) -> dict[str, str]: ...
     def prefetch(self, refs: Iterable[Reference]) -> None: ...
@@ -397,6 +403,11 @@ class DecodingReader:
         if isinstance(ref, DecodedChunk):
             return ref.size
         return self.raw.size(ref)
+
+    def listed_size(self, ref: Reference) -> int | None:
+        if isinstance(ref, DecodedChunk):
+            return ref.size
+        return self.raw.listed_size(ref)
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         ref = file.ref

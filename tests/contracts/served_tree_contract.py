@@ -147,6 +147,30 @@ class ServedTreeContract:
             assert names[:2] == [".", ".."], directory
             assert sorted(names[2:]) == sorted(children), directory
 
+    def test_listings_give_each_entry_the_attributes_getattr_gives_it(self, tree, at, dataset):
+        """What a listing hands the kernel (readdirplus) is what ``stat`` answers, field for field."""
+        bare = set()
+        for directory, children in dataset.directories.items():
+            listing = tree.listing(at(directory))
+            entries = list(listing.entries)
+            assert sorted(name for name, *_ in entries) == sorted(children), directory
+            for entry in entries:
+                name, inode, kind, _ = entry
+                key = f"{directory}/{name}" if directory else name
+                answer = tree.getattr(at(key))
+                assert (inode, kind) == (answer["st_ino"], stat.S_IFMT(answer["st_mode"])), key
+                attrs = listing.attrs(entry)
+                if attrs is None:
+                    bare.add(key)
+                else:
+                    assert attrs == answer, key
+        # Only a file whose size costs a request to the store goes without: the whole-object reference.
+        assert bare == {key for key, value in dataset.refs.items() if isinstance(value, list) and len(value) == 1}
+
+    def test_a_listing_of_a_file_or_of_nothing_has_its_errno(self, tree, at):
+        assert errno_of(lambda: tree.listing(at("a/chunk"))) == errno.ENOTDIR
+        assert errno_of(lambda: tree.listing(at("nothing"))) == errno.ENOENT
+
     # -- data -------------------------------------------------------------------
 
     def test_reads_at_odd_offsets_return_the_referenced_bytes(self, tree, at, dataset):

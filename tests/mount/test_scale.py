@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refmount.errors import InvalidReferences, NotADirectory, NotFound
+from refmount.mount.control import read_stats
 from refmount.refs.compact import CompactNamespace
 from refmount.refs.kerchunk.parse import parse_references
 from refmount.refs.model import Inline, Range, Whole
@@ -44,6 +45,14 @@ def _assert_same_tree(plain: Namespace, compact: CompactNamespace) -> None:
             directories.add(directory)
     for directory in directories:
         assert sorted(compact.listdir(directory)) == sorted(plain.listdir(directory))
+        prefix = directory + "/" if directory else ""
+        for name, size in compact.listdir_sizes(directory):  # what a listing hands the kernel
+            node = plain.lookup(prefix + name)
+            if isinstance(node, Dir):
+                assert size is None, prefix + name
+            else:
+                assert size == (-1 if isinstance(node.ref, Whole) else node.ref.size), prefix + name
+        assert [name for name, _ in compact.listdir_sizes(directory)] == list(compact.listdir(directory))
         assert compact.subdirectory_count(directory) == plain.subdirectory_count(directory)
         assert isinstance(compact.lookup(directory), Dir)
     assert dict(compact.iter_references()) == dict(plain.iter_references())
@@ -94,6 +103,10 @@ def test_listings_stream_and_errors_come_first():
         namespace.listdir("v/3")
     with pytest.raises(NotFound):
         namespace.listdir("w")
+    with pytest.raises(NotADirectory):
+        namespace.listdir_sizes("v/3")
+    with pytest.raises(NotFound):
+        namespace.listdir_sizes("w")
     assert isinstance(namespace.lookup("v/9999"), File)
     assert namespace.extent("s3://b/x") == 100_000
 
@@ -159,5 +172,6 @@ def test_a_large_parquet_variable_lists_and_stats_lazily(big_parquet, tmp_path):
         assert len(names) == present + 1  # and .zarray
         assert "0.0" not in names and "0.1" in names and f"{GRID[0] - 1}.{GRID[1] - 1}" in names
         assert m.log().count("loaded record file") <= loaded + total // RECORD
+        assert read_stats(str(m.path))["listed_with_attrs"] == 0  # a listing looks no Parquet entry up
         data = (big_parquet / "data.bin").read_bytes()
         assert (m.path / "big/3.17").read_bytes() == data[((3 * GRID[1] + 17) % 1000) * 4:][:4]

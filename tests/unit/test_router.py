@@ -74,6 +74,12 @@ def messages(caplog: pytest.LogCaptureFixture, start: str) -> list[str]:
 
 def test_a_collections_root_lists_sets_without_loading_them(router):
     assert list(router.readdir("/")) == [".", "..", "a", "b"]
+    listing = router.listing("/")
+    entries = list(listing.entries)
+    assert [(name, inode, kind) for name, inode, kind, _ in entries] == [
+        (name, router.getattr(f"/{name}")["st_ino"], 0o040000) for name in ("a", "b")
+    ]
+    assert [listing.attrs(entry) for entry in entries] == [None, None]  # a set's attributes need it loaded
     root = router.getattr("/")
     assert root["st_nlink"] == 4
     for name in ("a", "b"):

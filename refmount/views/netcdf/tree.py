@@ -180,6 +180,10 @@ class NetcdfView:
         """The file of ``group``, planned on first use; InvalidReferences (EIO) if it cannot be planned."""
         return self._files.get(group, lambda: self._planned(group))
 
+    def planned(self, group: str) -> FileData | None:
+        """The file of ``group`` if it has been planned already, without planning it."""
+        return self._files.peek(group)
+
     def _planned(self, group: str) -> FileData:
         try:
             return self._build(group)
@@ -306,6 +310,13 @@ class NetcdfReader:
         if isinstance(ref, NetcdfFile):
             return self.view.file(ref.group).size
         return self.decoding.size(ref)
+
+    def listed_size(self, ref: Reference) -> int | None:
+        """A virtual file's size once it is planned (planning reads metadata, maybe data); else the decoded view's."""
+        if isinstance(ref, NetcdfFile):
+            planned = self.view.planned(ref.group)
+            return None if planned is None else planned.size
+        return self.decoding.listed_size(ref)
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         ref = file.ref
