@@ -85,11 +85,17 @@ def test_a_rewritten_object_is_never_answered_from_the_directory(blob, tmp_path)
     second.close()
 
 
-def test_a_corrupt_block_is_dropped_and_fetched_again_its_neighbours_still_served(blob, tmp_path):
-    url, data = blob
-    first, _, tier = cache_over(tmp_path / "disk")
+def filled_disk_tier(directory: Path, url: str, data: bytes) -> DiskTier:
+    """A disk tier holding every block of ``url``, written by a daemon's cache that has since closed."""
+    first, _, tier = cache_over(directory)
     first.read(url, ByteRange(0, len(data)), len(data))
     first.close()
+    return tier
+
+
+def test_a_corrupt_block_is_dropped_and_fetched_again_its_neighbours_still_served(blob, tmp_path):
+    url, data = blob
+    tier = filled_disk_tier(tmp_path / "disk", url, data)
     where = tier.location(TierKey(url, version_of(url), BLOCK, 5))
     segment = bytearray(where.path.read_bytes())
     segment[where.data + 7] ^= 0xFF
@@ -111,9 +117,7 @@ def test_a_corrupt_block_is_dropped_and_fetched_again_its_neighbours_still_serve
 
 def test_a_truncated_segment_serves_the_blocks_before_the_cut_and_refetches_the_rest(blob, tmp_path):
     url, data = blob
-    first, _, tier = cache_over(tmp_path / "disk")
-    first.read(url, ByteRange(0, len(data)), len(data))
-    first.close()
+    tier = filled_disk_tier(tmp_path / "disk", url, data)
     where = tier.location(TierKey(url, version_of(url), BLOCK, 9))
     os.truncate(where.path, where.data + 100)  # inside block 9: blocks 10..16 are gone
 
@@ -133,9 +137,7 @@ def test_a_truncated_segment_serves_the_blocks_before_the_cut_and_refetches_the_
 @pytest.mark.parametrize("damage", ["cut inside its table", "another segment's header", "emptied"])
 def test_a_damaged_segment_is_removed_whole_and_its_blocks_fetched_again(blob, tmp_path, damage):
     url, data = blob
-    first, _, tier = cache_over(tmp_path / "disk")
-    first.read(url, ByteRange(0, len(data)), len(data))
-    first.close()
+    tier = filled_disk_tier(tmp_path / "disk", url, data)
     where = tier.location(TierKey(url, version_of(url), BLOCK, 0))
     if damage == "cut inside its table":
         os.truncate(where.path, where.header + 10)
