@@ -310,22 +310,22 @@ def _fill(opened: _OpenDir, offset: int, with_attrs: int, fill: Filler) -> int:
     """Fill from ``offset`` until the filler says the buffer is full; how many entries went with attributes."""
     listed = 0
     for position, (name, inode, kind, count) in opened.stream.starting_at(offset):
-        known = False
+        encoded, known = name.encode("utf-8", "surrogateescape"), False
         if position < len(DOTS):
-            full = fill(name.encode(), None, position + 1, 0)
+            full = fill(encoded, None, position + 1, 0)
         elif count == UNKNOWN or not kind:
             bare = opened.bare
             ctypes.memset(ctypes.byref(bare), 0, ctypes.sizeof(bare))
             bare.st_mode, bare.st_ino = kind, inode
-            full = fill(name.encode("utf-8", "surrogateescape"), bare, position + 1, 0)
+            full = fill(encoded, bare, position + 1, 0)
         elif kind == stat.S_IFDIR:
             dirs, known = opened.dirs, True
             dirs.st_ino, dirs.st_nlink = inode, count
-            full = fill(name.encode("utf-8", "surrogateescape"), dirs, position + 1, with_attrs)
+            full = fill(encoded, dirs, position + 1, with_attrs)
         else:
             files, known = opened.files, True
             files.st_ino, files.st_size, files.st_blocks = inode, count, blocks_of(count)
-            full = fill(name.encode("utf-8", "surrogateescape"), files, position + 1, with_attrs)
+            full = fill(encoded, files, position + 1, with_attrs)
         if full:
             return listed
         listed += known
