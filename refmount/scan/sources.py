@@ -18,6 +18,7 @@ import fsspec
 import h5py
 
 from refmount.errors import RefmountError
+from refmount.scan.gcpause import cyclic_gc_paused
 from refmount.store.options import protocol_options
 
 #: Size of each ranged read of a remote file; HDF5 metadata tends to cluster,
@@ -141,6 +142,8 @@ def open_hdf5(url: str, storage_options: dict[str, Any] | None = None) -> Iterat
             if is_local(url):
                 h5 = h5py.File(local_path(url), "r")
             else:
+                # paused before the first read: h5py reads through fsspec from here on
+                stack.enter_context(cyclic_gc_paused())
                 fobj = stack.enter_context(
                     fs.open(path, "rb", block_size=BLOCK_SIZE, cache_type="blockcache",
                             cache_options={"maxblocks": MAX_BLOCKS})

@@ -43,6 +43,7 @@ import pytest
 import xarray as xr
 
 from refmount.scan import scan_hdf5
+from tests.support.datasets import kerchunk_translate
 from tests.support.mounting import Mount, mounted
 
 pytestmark = pytest.mark.fuse
@@ -102,10 +103,8 @@ def make_references(maker: str, nc: Path, url: str, storage_options: dict | None
     """References to ``url`` (where ``nc`` has been put): ``refmount scan`` reads it there, kerchunk locally."""
     if maker == "scan":
         return scan_hdf5(url, storage_options=storage_options, inline_threshold=0).refs
-    from kerchunk.hdf import SingleHdf5ToZarr
-
     with open(nc, "rb") as handle:
-        return json.loads(json.dumps(SingleHdf5ToZarr(handle, url, inline_threshold=0).translate()))
+        return json.loads(json.dumps(kerchunk_translate(handle, url, inline_threshold=0)))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from refmount.refs.model import Inline, Range, Whole
 from refmount.refs.open import open_reference_set
 from refmount.refs.parquet.layout import chunk_number
 from refmount.refs.parquet.tree import ParquetNamespace
-from tests.support.datasets import write_hdf5
+from tests.support.datasets import kerchunk_translate, write_hdf5
 from tests.support.mounting import mounted
 
 MISSING = "temp/0.1.2"  # a chunk taken out of the set: absent from the tree
@@ -36,13 +36,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def sets(tmp_path_factory) -> dict:
     """One dataset as JSON, as Parquet written by kerchunk/fsspec, and as Parquet written by refmount."""
     from kerchunk.df import refs_to_dataframe
-    from kerchunk.hdf import SingleHdf5ToZarr
 
     base = tmp_path_factory.mktemp("parquet")
     h5 = base / "data.h5"
     arrays = write_hdf5(h5)
     with open(h5, "rb") as handle:  # inline_threshold > 0: some chunks become raw rows
-        refs = SingleHdf5ToZarr(handle, str(h5), inline_threshold=400).translate()
+        refs = kerchunk_translate(handle, str(h5), inline_threshold=400)
     refs = json.loads(json.dumps(refs))
     del refs["refs"][MISSING]
     blob = base / "blob.bin"

@@ -16,6 +16,7 @@ import xarray as xr
 
 from refmount.cli.scan import main as scan_main
 from tests.scan.concat_files import LENGTHS, TIME_CHUNK, with_time_bounds, write_series
+from tests.support.datasets import kerchunk_translate
 from tests.support.mounting import mounted
 
 
@@ -132,9 +133,7 @@ def test_progress_bar_on_a_terminal(series: list[Path], tmp_path: Path) -> None:
 def test_kerchunk_multizarrtozarr_reads_the_same_values(series: list[Path], combined_json: Path) -> None:
     """kerchunk's combiner agrees once told to decode CF times (with raw numbers it mixes the files' units)."""
     from kerchunk.combine import MultiZarrToZarr
-    from kerchunk.hdf import SingleHdf5ToZarr
-
-    singles = [SingleHdf5ToZarr(str(p), inline_threshold=300).translate() for p in series]
+    singles = [kerchunk_translate(str(p), inline_threshold=300) for p in series]
     theirs = MultiZarrToZarr(singles, concat_dims=["time"], coo_map={"time": "cf:time"},
                              identical_dims=["lat", "lon", "orography"], remote_protocol="file").translate()
     ours = open_refs(json.loads(combined_json.read_text())).load()

@@ -1,6 +1,6 @@
 """Where kerchunk's SingleHdf5ToZarr references a dataset, our references decode to the same array.
 
-kerchunk is a test-only dependency. Datasets either tool cannot handle are
+kerchunk is a test dependency. Datasets either tool cannot handle are
 printed (run with -s) and recorded as a test property.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from refmount.scan import scan_hdf5
+from tests.support.datasets import kerchunk_translate
 from tests.support.h5matrix import make_matrix, make_netcdf
 from tests.support.scan_fixtures import (
     assert_same_array,
@@ -23,8 +24,6 @@ from tests.support.scan_fixtures import (
     h5_values,
     open_refs,
 )
-
-kerchunk_hdf = pytest.importorskip("kerchunk.hdf")
 
 
 @pytest.mark.parametrize("maker", [make_matrix, make_netcdf], ids=["matrix", "netcdf"])
@@ -71,7 +70,7 @@ def _kerchunk(path: Path) -> dict | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return kerchunk_hdf.SingleHdf5ToZarr(str(path), inline_threshold=100).translate()
+            return kerchunk_translate(str(path), inline_threshold=100)
         except Exception:  # noqa: BLE001 - kerchunk failing on a layout is a finding, reported below
             return None
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -151,3 +152,40 @@ def test_hundred_thousand_chunks(tmp_path: Path) -> None:
     assert result.refs["refs"]["big/99999"][2] == 128
     group = open_refs(result.refs)
     np.testing.assert_array_equal(group["big"][1_599_000:], np.arange(1_599_000, 1_600_000, dtype="<f8"))
+
+
+# Runs in a child so a deadlock fails the test (by timeout) instead of hanging the session. A thread
+# keeps leaving h5py objects in reference cycles and the collector runs every 50 allocations, so a
+# collection on fsspec's loop thread, while h5py holds its lock reading through fsspec, is near-certain
+# within a few scans unless the scan pauses the collector.
+_SCAN_WITH_LITTER = """
+import gc, json, sys, threading, time
+import h5py
+from refmount.scan import scan_hdf5
+junk = h5py.File(sys.argv[2], "r")
+def litter():
+    while True:
+        cycle = [junk["x"]]
+        cycle.append(cycle)
+        del cycle
+        time.sleep(0.0005)
+threading.Thread(target=litter, daemon=True).start()
+gc.set_threshold(50, 1, 1)
+keys = [sorted(scan_hdf5(sys.argv[1]).refs["refs"]) for _ in range(20)]
+print(json.dumps(keys[-1]))
+"""
+
+
+def test_remote_scan_survives_cyclic_garbage_collected_on_the_fetch_thread(tmp_path: Path) -> None:
+    """h5py's lock plus a collection on fsspec's thread must not hang a scan (h5py issue 2019)."""
+    path = make_clean(tmp_path)
+    junk = tmp_path / "junk.h5"
+    with h5py.File(junk, "w") as f:
+        f["x"] = 1
+    with RangeHTTPServer(tmp_path) as server:
+        result = subprocess.run(
+            [sys.executable, "-c", _SCAN_WITH_LITTER, server.url_for(path.name), str(junk)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == sorted(scan_hdf5(str(path)).refs["refs"])

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
+
+from refmount.scan.gcpause import cyclic_gc_paused
 
 
 def write_hdf5(path: Path) -> dict[str, np.ndarray]:
@@ -41,12 +44,24 @@ def write_hdf5(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def kerchunk_references(path: Path, url: str) -> dict:
-    """References made by kerchunk (the reference implementation), pointing at ``url``."""
+def kerchunk_translate(source: Any, url: str | None = None, inline_threshold: int = 100) -> dict:
+    """kerchunk's SingleHdf5ToZarr references of ``source`` (a path or an open file).
+
+    kerchunk calls zarr, which waits on its own event-loop thread, from inside
+    h5py's ``visititems`` (h5py's global lock held); a cyclic collection on
+    that thread freeing an h5py object would wait for the lock for good. The
+    collector is paused for the call, as refmount's own remote scans do.
+    """
     from kerchunk.hdf import SingleHdf5ToZarr
 
+    with cyclic_gc_paused():
+        return SingleHdf5ToZarr(source, url, inline_threshold=inline_threshold).translate()
+
+
+def kerchunk_references(path: Path, url: str) -> dict:
+    """References made by kerchunk (the reference implementation), pointing at ``url``."""
     with open(path, "rb") as handle:
-        refs = SingleHdf5ToZarr(handle, url, inline_threshold=0).translate()
+        refs = kerchunk_translate(handle, url, inline_threshold=0)
     return json.loads(json.dumps(refs))
 
 

@@ -686,7 +686,7 @@ def test_agrees_with_kerchunk_written_references(tmp_path):
     """A set produced by kerchunk's own HDF5 translator parses and matches fsspec."""
     h5py = pytest.importorskip("h5py")
     np = pytest.importorskip("numpy")
-    from kerchunk.hdf import SingleHdf5ToZarr
+    from tests.support.datasets import kerchunk_translate
 
     path = tmp_path / "data.h5"
     with h5py.File(path, "w") as f:
@@ -695,7 +695,7 @@ def test_agrees_with_kerchunk_written_references(tmp_path):
         f.attrs["title"] = "Température"
     url = f"file://{path}"
     with open(path, "rb") as fh:
-        doc = SingleHdf5ToZarr(fh, url, inline_threshold=50).translate()
+        doc = kerchunk_translate(fh, url, inline_threshold=50)
     doc = json.loads(json.dumps(doc))
     refs = parse_references(doc)
     assert normalise_json_inline(our_view(doc)) == normalise_json_inline(fsspec_view(doc))
