@@ -16,8 +16,8 @@ What this module decides, and what it leaves to botocore:
 
 * **Which filesystems.** :func:`eligible` accepts an s3fs filesystem whose
   requests carry nothing a presigned URL cannot (requester pays, SSE-C keys
-  and other per-request arguments, an HTTP proxy, client certificates); the
-  others keep the botocore path.
+  and other per-request arguments, an HTTP proxy in its configuration or in
+  the environment, client certificates); the others keep the botocore path.
 * **Signatures.** URLs are made by the filesystem's own botocore client
   (its credentials, refreshing ones included, its region and addressing
   style), signed for :data:`SIGNED_FOR` seconds and reused for at most
@@ -54,6 +54,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -206,7 +207,14 @@ def eligible(fs: Any) -> bool:
     if getattr(fs, "req_kw", None):
         return False  # requester pays, SSE-C keys: per-request arguments
     config = dict(getattr(fs, "config_kwargs", None) or {})
-    return not any(config.get(name) for name in _NOT_PRESIGNABLE_CONFIG)
+    if any(config.get(name) for name in _NOT_PRESIGNABLE_CONFIG):
+        return False
+    proxies = urllib.request.getproxies()  # HTTP(S)_PROXY: botocore goes through it, http.client would not
+    if not (proxies.get("http") or proxies.get("https")):
+        return True
+    endpoint = (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url") or getattr(fs, "endpoint_url", None)
+    host = urlsplit(str(endpoint)).hostname if endpoint else None
+    return host is not None and bool(urllib.request.proxy_bypass(host))  # NO_PROXY names the endpoint
 
 
 def ssl_context(fs: Any) -> ssl.SSLContext | None:

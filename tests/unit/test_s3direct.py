@@ -99,10 +99,16 @@ def test_an_object_rewritten_after_the_first_contact_is_stale_not_other_bytes(lo
         backend.close()
 
 
-def test_requests_a_presigned_url_cannot_carry_keep_the_botocore_path(local_s3):
+def test_requests_a_presigned_url_cannot_carry_keep_the_botocore_path(local_s3, monkeypatch):
     options = local_s3.storage_options()
     assert eligible(s3fs.S3FileSystem(**options, skip_instance_cache=True))
     assert not eligible(s3fs.S3FileSystem(**options, requester_pays=True, skip_instance_cache=True))
     assert not eligible(s3fs.S3FileSystem(**options, config_kwargs={"proxies": {"http": "http://proxy:3128"}},
                                           skip_instance_cache=True))
     assert not eligible(object())
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("no_proxy", "")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert not eligible(s3fs.S3FileSystem(**options, skip_instance_cache=True))
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # the endpoint is reached directly
+    assert eligible(s3fs.S3FileSystem(**options, skip_instance_cache=True))
