@@ -45,8 +45,8 @@ from refmount.read.ranges import (
     assemble,
     block_range,
     blocks_covering,
+    fetched_blocks,
     plan_fetches,
-    split_blocks,
 )
 from refmount.read.tiers.base import TierKey
 from refmount.read.tiers.stack import TierStack
@@ -195,11 +195,11 @@ class BlockCache:
             if not missing:
                 return
             plan = plan_fetches(missing, self.block_size, extent, self.max_request)
-            bodies = self.backend.read_ranges(url, [fetch.span for fetch in plan])
+            bodies = self.backend.read_pieces(url, [fetch.span for fetch in plan], self.block_size)
             fetched: list[tuple[int, bytes]] = []
             with self._lock:
-                for fetch, body in zip(plan, bodies, strict=True):
-                    for index, data in split_blocks(fetch, body, self.block_size):
+                for fetch, pieces in zip(plan, bodies, strict=True):
+                    for index, data in fetched_blocks(fetch, pieces):
                         self._store((url, index), data)
                         self._flights.resolve_locked((url, index), data)
                         fetched.append((index, data))

@@ -78,14 +78,14 @@ def plan_fetches(
     return fetches
 
 
-def split_blocks(fetch: Fetch, data: bytes, block_size: int) -> list[tuple[int, bytes]]:
-    """Cut the body of one fetch back into its blocks."""
-    base = fetch.span.start
-    out: list[tuple[int, bytes]] = []
-    for index in fetch.blocks:
-        lo = index * block_size - base
-        out.append((index, data[lo : lo + block_size]))
-    return out
+def fetched_blocks(fetch: Fetch, pieces: Sequence[bytes]) -> list[tuple[int, bytes]]:
+    """Pair the body of one fetch, read in pieces of one block each, with its block indices.
+
+    Blocks the span does not reach (past the object's known end) come back empty, as the store sent no piece for them.
+    """
+    if len(pieces) > len(fetch.blocks):
+        raise ValueError(f"{len(pieces)} pieces for {len(fetch.blocks)} blocks")
+    return [(index, pieces[i] if i < len(pieces) else b"") for i, index in enumerate(fetch.blocks)]
 
 
 def assemble(rng: ByteRange, blocks: Sequence[tuple[int, bytes]], block_size: int) -> bytes:

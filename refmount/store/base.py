@@ -25,6 +25,15 @@ class RangeReader(Protocol):
         """
         ...
 
+    def read_pieces(self, url: str, ranges: Sequence[ByteRange], piece_size: int) -> list[list[bytes]]:
+        """:meth:`read_ranges`, each range's bytes cut into pieces of ``piece_size`` from its start (the last shorter).
+
+        The block cache keeps blocks, not GET bodies: a store that can read a
+        body piece by piece from the socket hands the blocks over without
+        the copy that cutting one buffer would cost.
+        """
+        ...
+
     def size(self, url: str) -> int:
         """The size of the object at ``url``; an error if the store does not say."""
         ...

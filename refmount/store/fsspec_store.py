@@ -49,8 +49,8 @@ from refmount.errors import BackendError, ForbiddenURL, StaleObject
 from refmount.metrics import Metrics
 from refmount.store.addresses import check_host
 from refmount.store.localfile import read_range
-from refmount.store.options import BackendOptions, filesystem_options, single_attempt
-from refmount.store.responses import Answer, answered_facts, requested_bytes
+from refmount.store.options import BackendOptions, filesystem_options, single_attempt, stall_timeout
+from refmount.store.responses import Answer, Body, answered_facts, body_length, requested_bytes
 from refmount.store.retry import (
     ChangedObject,
     GaveUp,
@@ -62,6 +62,7 @@ from refmount.store.retry import (
     retry_delay,
     unwrap,
 )
+from refmount.store.s3direct import DirectS3, ObjectName, UseBotocore, eligible
 from refmount.store.staleness import SourceFacts, SourceGuard, differences, local_changes, local_facts, recorded_facts
 from refmount.urls import LOCAL_PROTOCOLS, local_path, protocol_of, redact_url
 
@@ -87,6 +88,7 @@ class FsspecBackend:
         self.options = options
         self.metrics = metrics or Metrics()
         self._filesystems: dict[str, fsspec.AbstractFileSystem] = {}
+        self._direct: dict[str, DirectS3] = {}  # per protocol: S3 GETs through presigned URLs (store/s3direct)
         self._lock = threading.Lock()
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(options.max_concurrency, 16), thread_name_prefix="refmount-io"
@@ -121,6 +123,9 @@ class FsspecBackend:
                     raise BackendError(f"no usable filesystem for protocol {protocol!r}: {exc}") from None
                 single_attempt(fs)
                 self._filesystems[protocol] = fs
+                if protocol == "s3" and eligible(fs):
+                    self._direct[protocol] = DirectS3(fs, connect_timeout=min(10.0, self.options.timeout),
+                                                      stall_timeout=stall_timeout(self.options))
         return fs, fs._strip_protocol(url)
 
     def connect(self, urls: Iterable[str]) -> None:
@@ -151,12 +156,21 @@ class FsspecBackend:
     # -- RangeReader -------------------------------------------------------
 
     def read_ranges(self, url: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        return [_joined(body) for body in self._read_bodies(url, ranges, 0)]
+
+    def read_pieces(self, url: str, ranges: Sequence[ByteRange], piece_size: int) -> list[list[bytes]]:
+        if piece_size <= 0:
+            raise ValueError(f"piece_size must be positive, not {piece_size}")
+        return [_pieces(body, piece_size) for body in self._read_bodies(url, ranges, piece_size)]
+
+    def _read_bodies(self, url: str, ranges: Sequence[ByteRange], piece_size: int) -> list[Body]:
+        """Every range's body; read in pieces of ``piece_size`` where the store allows (0: in one)."""
         if not ranges:
             return []
         fs, path = self.filesystem(url)
         facts = self._first_contact(url)
         return self._remembering_failures(
-            url, ranges, lambda budget: self._read_ranges(fs, url, path, ranges, facts, budget)
+            url, ranges, lambda budget: self._read_ranges(fs, url, path, ranges, facts, budget, piece_size)
         )
 
     def _first_contact(self, url: str) -> SourceFacts:
@@ -188,15 +202,20 @@ class FsspecBackend:
 
     def _read_ranges(
         self, fs: fsspec.AbstractFileSystem, url: str, path: str, ranges: Sequence[ByteRange], facts: SourceFacts,
-        budget: float,
-    ) -> list[bytes]:
+        budget: float, piece_size: int,
+    ) -> list[Body]:
         deadline = time.monotonic() + budget
+        direct = self._direct.get(protocol_of(url))
+        if direct is not None:
+            name = ObjectName(*fs.split_path(path))
+            if direct.serves(name.bucket):
+                return self._read_direct(direct, fs, url, path, name, ranges, facts, deadline, budget, piece_size)
         if self._is_async(fs):
             future = asyncio.run_coroutine_threadsafe(
                 self._read_async(fs, url, path, ranges, deadline, facts), fs.loop
             )
             try:
-                return future.result(timeout=budget + 1)
+                return list(future.result(timeout=budget + 1))
             except concurrent.futures.TimeoutError:
                 future.cancel()
                 raise GaveUp(f"{redact_url(url)}: no answer within {budget:g} s") from None
@@ -239,6 +258,8 @@ class FsspecBackend:
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+        for direct in self._direct.values():
+            direct.close()
 
     # -- internals ---------------------------------------------------------
 
@@ -276,13 +297,56 @@ class FsspecBackend:
                 exc = error
             time.sleep(self._next_delay(url, whole, exc, attempt, deadline, what="lookup"))
 
+    def _read_direct(
+        self, direct: DirectS3, fs: AsyncFileSystem, url: str, path: str, name: ObjectName,
+        ranges: Sequence[ByteRange], facts: SourceFacts, deadline: float, budget: float, piece_size: int,
+    ) -> list[Body]:
+        """The ranges as GETs of a presigned URL: the first in this thread, the others on the I/O pool."""
+        def one(rng: ByteRange) -> Body:
+            return self._attempts_direct(direct, fs, url, path, name, rng, deadline, facts, piece_size)
+
+        others = [self._threads.submit(one, rng) for rng in ranges[1:]]
+        try:
+            first = one(ranges[0])
+            return [first, *(f.result(timeout=max(0.0, deadline - time.monotonic()) + 1) for f in others)]
+        except concurrent.futures.TimeoutError:
+            raise GaveUp(f"{redact_url(url)}: no answer within {budget:g} s") from None
+        finally:
+            for future in others:
+                future.cancel()
+
+    def _attempts_direct(
+        self, direct: DirectS3, fs: AsyncFileSystem, url: str, path: str, name: ObjectName, rng: ByteRange,
+        deadline: float, facts: SourceFacts, piece_size: int,
+    ) -> Body:
+        if rng.length == 0:
+            return b""
+        where = f"{redact_url(url)} [{rng.start}, {rng.stop})"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if deadline - time.monotonic() <= 0:
+                    raise TimeoutError()
+                self.metrics.add("gets")
+                answer = direct.get(name, rng, facts.strong_etag, deadline, where, piece_size)
+                return self._checked(url, rng, self._answered_bytes(url, rng, answer, facts), facts)
+            except UseBotocore:
+                future = asyncio.run_coroutine_threadsafe(
+                    self._attempts_async(fs, url, path, rng, deadline, facts), fs.loop
+                )
+                return future.result(timeout=max(0.0, deadline - time.monotonic()) + 1)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                delay = self._next_delay(url, rng, exc, attempt, deadline)
+            time.sleep(delay)
+
     async def _read_async(
         self, fs: AsyncFileSystem, url: str, path: str, ranges: Sequence[ByteRange], deadline: float,
         facts: SourceFacts,
-    ) -> list[bytes]:
+    ) -> list[Body]:
         semaphore = asyncio.Semaphore(self.options.max_concurrency)
 
-        async def one(rng: ByteRange) -> bytes:
+        async def one(rng: ByteRange) -> Body:
             async with semaphore:
                 return await self._attempts_async(fs, url, path, rng, deadline, facts)
 
@@ -290,7 +354,7 @@ class FsspecBackend:
 
     async def _attempts_async(
         self, fs: AsyncFileSystem, url: str, path: str, rng: ByteRange, deadline: float, facts: SourceFacts
-    ) -> bytes:
+    ) -> Body:
         attempt = 0
         while True:
             attempt += 1
@@ -361,7 +425,7 @@ class FsspecBackend:
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return Answer(status, body, response.get("ContentRange"), response.get("ETag"), response.get("LastModified"))
 
-    def _answered_bytes(self, url: str, rng: ByteRange, answer: Answer | bytes, facts: SourceFacts) -> bytes:
+    def _answered_bytes(self, url: str, rng: ByteRange, answer: Answer | bytes, facts: SourceFacts) -> Body:
         """The body of an answer that is ``rng`` of the version first seen; ChangedObject or an error otherwise."""
         if isinstance(answer, bytes):
             return answer
@@ -372,7 +436,7 @@ class FsspecBackend:
 
     def _read_sync(
         self, fs: fsspec.AbstractFileSystem, url: str, path: str, rng: ByteRange, deadline: float, facts: SourceFacts
-    ) -> bytes:
+    ) -> Body:
         attempt = 0
         local = protocol_of(url) in LOCAL_PROTOCOLS
         while True:
@@ -390,12 +454,13 @@ class FsspecBackend:
                 delay = self._next_delay(url, rng, exc, attempt, deadline)
             time.sleep(delay)
 
-    def _checked(self, url: str, rng: ByteRange, data: bytes, facts: SourceFacts) -> bytes:
-        if len(data) != rng.length:
+    def _checked(self, url: str, rng: ByteRange, data: Body, facts: SourceFacts) -> Body:
+        length = body_length(data)
+        if length != rng.length:
             where = f"{redact_url(url)} [{rng.start}, {rng.stop})"
-            if len(data) > rng.length:
+            if length > rng.length:
                 raise WrongLength(
-                    f"{where}: got {len(data)} bytes instead of {rng.length} (the server ignores Range requests)",
+                    f"{where}: got {length} bytes instead of {rng.length} (the server ignores Range requests)",
                     oversized=True,
                 )
             if facts.size is not None and rng.stop > facts.size:
@@ -403,8 +468,8 @@ class FsspecBackend:
                     f"{where}: the references reach beyond the end of the object ({facts.size} bytes)",
                     oversized=True,
                 )
-            raise WrongLength(f"{where}: got {len(data)} bytes instead of {rng.length} (body cut short)")
-        self.metrics.add("bytes_fetched", len(data))
+            raise WrongLength(f"{where}: got {length} bytes instead of {rng.length} (body cut short)")
+        self.metrics.add("bytes_fetched", length)
         return data
 
     def _next_delay(
@@ -421,3 +486,20 @@ class FsspecBackend:
         self.metrics.add("get_retries")
         log.info("retrying %s %s after %s (attempt %d)", what, where, describe(cause), attempt + 1)
         return delay
+
+
+def _joined(body: Body) -> bytes:
+    """``body`` as one buffer (a copy only when it came in several pieces)."""
+    if isinstance(body, bytes):
+        return body
+    return body[0] if len(body) == 1 else b"".join(body)
+
+
+def _pieces(body: Body, piece_size: int) -> list[bytes]:
+    """``body`` cut into pieces of ``piece_size`` (the last shorter); pieces already that size are kept as they are."""
+    if isinstance(body, bytes) and len(body) <= piece_size:
+        return [body]
+    if not isinstance(body, bytes) and all(len(piece) == piece_size for piece in body[:-1]):
+        return list(body)
+    whole = memoryview(_joined(body))
+    return [bytes(whole[at : at + piece_size]) for at in range(0, len(whole), piece_size)]

@@ -43,12 +43,21 @@ class UnexpectedAnswer(BackendError):
     """The store answered a ranged GET with other bytes than asked for (wrong Content-Range or status)."""
 
 
+#: A body as one buffer, or as consecutive pieces read straight from the socket (no join, no split).
+Body = bytes | tuple[bytes, ...]
+
+
+def body_length(body: Body) -> int:
+    """The number of bytes in ``body``, whichever form it has."""
+    return len(body) if isinstance(body, bytes) else sum(len(piece) for piece in body)
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What a ranged GET came back with: status, the headers that identify it, and the body."""
 
     status: int
-    body: bytes
+    body: Body
     content_range: str | None = None
     etag: str | None = None
     last_modified: Any = None
@@ -85,7 +94,7 @@ def answered_facts(answer: Answer) -> SourceFacts:
     })
 
 
-def requested_bytes(where: str, rng: ByteRange, answer: Answer, object_size: int | None) -> bytes:
+def requested_bytes(where: str, rng: ByteRange, answer: Answer, object_size: int | None) -> Body:
     """The body of ``answer`` if it is exactly ``rng`` of the object; else the error that says why.
 
     ``object_size`` is the size seen at first contact (None if the store
@@ -108,12 +117,13 @@ def requested_bytes(where: str, rng: ByteRange, answer: Answer, object_size: int
         )
     if answer.status == 200:
         whole_asked = rng.start == 0 and object_size is not None and rng.stop == object_size
-        if whole_asked and len(answer.body) == object_size:
+        length = body_length(answer.body)
+        if whole_asked and length == object_size:
             return answer.body
-        if len(answer.body) > rng.length:
+        if length > rng.length:
             return answer.body  # longer than asked: the caller's "server ignores Range" error
         raise UnexpectedAnswer(
-            f"{where}: 200 with {len(answer.body)} bytes to a ranged GET; "
+            f"{where}: 200 with {length} bytes to a ranged GET; "
             f"a 200 must be the whole object ({object_size if object_size is not None else 'size unknown'} bytes)"
         )
     raise UnexpectedAnswer(f"{where}: status {answer.status} to a ranged GET")

@@ -58,6 +58,22 @@ class RangeReaderContract:
         assert backend.read_ranges(url, ranges) == [data[r.start : r.stop] for r in ranges]
         assert backend.metrics.get("bytes_fetched") == sum(r.length for r in ranges)
 
+    @pytest.mark.parametrize("piece", [1, 4096, 65_536, SIZE, SIZE + 1])
+    def test_pieces_are_the_ranges_bytes_cut_from_each_ranges_start(self, backend, stored, piece):
+        url, data = stored
+        ranges = [ByteRange(100_000, 170_000), ByteRange(0, 10), ByteRange(0, SIZE), ByteRange(7, 7)]
+        for rng, pieces in zip(ranges, backend.read_pieces(url, ranges, piece), strict=True):
+            expected = data[rng.start : rng.stop]
+            assert b"".join(pieces) == expected
+            if rng.length == 0:
+                assert pieces == [b""]
+                continue
+            assert all(len(p) == piece for p in pieces[:-1]) and 0 < len(pieces[-1]) <= piece
+            assert len(pieces) == -(-rng.length // piece)
+        assert backend.metrics.get("bytes_fetched") == sum(r.length for r in ranges)
+        with pytest.raises(ValueError, match="piece_size"):
+            backend.read_pieces(url, ranges, 0)
+
     def test_the_size_is_the_objects_and_is_known_after_the_first_contact(self, backend, put):
         url = put("sized.bin", os.urandom(SIZE))
         assert backend.size(url) == SIZE

@@ -28,6 +28,13 @@ class CountingBackend:
             time.sleep(self.delay)
         return self.inner.read_ranges(url, ranges)
 
+    def read_pieces(self, url: str, ranges: Sequence[ByteRange], piece_size: int) -> list[list[bytes]]:
+        with self._lock:
+            self.requests.extend((url, r) for r in ranges)
+        if self.delay:
+            time.sleep(self.delay)
+        return self.inner.read_pieces(url, ranges, piece_size)
+
     def size(self, url: str) -> int:
         return self.inner.size(url)
 

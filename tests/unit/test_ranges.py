@@ -6,12 +6,13 @@ from hypothesis import strategies as st
 
 from refmount.read.ranges import (
     ByteRange,
+    Fetch,
     assemble,
     block_range,
     blocks_covering,
     clamp_read,
+    fetched_blocks,
     plan_fetches,
-    split_blocks,
 )
 
 
@@ -62,10 +63,21 @@ def test_plan_never_asks_beyond_the_extent():
     start=st.integers(0, 300),
     size=st.integers(0, 300),
 )
-def test_split_then_assemble_returns_exactly_the_requested_bytes(data, block, start, size):
+def test_fetched_pieces_then_assemble_return_exactly_the_requested_bytes(data, block, start, size):
     rng = clamp_read(start, size, len(data))
     missing = list(blocks_covering(rng, block))
     blocks = []
     for fetch in plan_fetches(missing, block, len(data), max_request=block * 3):
-        blocks += split_blocks(fetch, data[fetch.span.start : fetch.span.stop], block)
+        body = data[fetch.span.start : fetch.span.stop]
+        pieces = [body[at : at + block] for at in range(0, len(body), block)]
+        blocks += fetched_blocks(fetch, pieces)
+    assert [index for index, _ in blocks] == missing
+    assert all(piece == data[index * block : (index + 1) * block] for index, piece in blocks)
     assert assemble(rng, blocks, block) == data[rng.start : rng.stop]
+
+
+def test_fetched_blocks_past_the_known_end_are_empty_and_extra_pieces_are_refused():
+    fetch = Fetch(ByteRange(0, 15), (0, 1, 2))
+    assert fetched_blocks(fetch, [b"a" * 10, b"b" * 5]) == [(0, b"a" * 10), (1, b"b" * 5), (2, b"")]
+    with pytest.raises(ValueError, match="4 pieces for 3 blocks"):
+        fetched_blocks(fetch, [b"x"] * 4)
