@@ -3,9 +3,7 @@
 What the helper does is described in :mod:`refmount.cli.fstab`.
 """
 
-import sys
-
-from refmount.cli.main import mount_helper_main
+from refmount.cli.main import console_mount_helper
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(mount_helper_main())
+    console_mount_helper()

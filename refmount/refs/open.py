@@ -32,7 +32,7 @@ from typing import Any, Literal
 from refmount.errors import ConfigError
 from refmount.refs import source
 from refmount.refs.compact import CompactNamespace
-from refmount.refs.icechunk import is_repository
+from refmount.refs.icechunk import check_readable, is_repository
 from refmount.refs.keys import ZMETADATA
 from refmount.refs.parquet.layout import DEFAULT_RECORD_CACHE
 from refmount.refs.relative import set_base
@@ -86,6 +86,7 @@ def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> tu
             meta_info = fs.info(f"{path}/{ZMETADATA}")
         except FileNotFoundError:
             if is_repository(fs, path):
+                check_readable(fs, path, shown)
                 return "icechunk", fs, path, {}
             raise ConfigError(
                 f"reference set {shown} is a directory without {ZMETADATA}: "

@@ -133,6 +133,21 @@ def test_what_cannot_be_mounted_is_refused_naming_it(tmp_path):
     message = _refusal(tmp_path / "broken", tmp_path / "m4")
     assert "Icechunk repository" in message
 
+    # Format 2 (Icechunk 2.x: one `repo` object at the root, no refs/) with icechunk 1.x installed.
+    format_2 = tmp_path / "format2"
+    shutil.copytree(root / "snapshots", format_2 / "snapshots")
+    (format_2 / "repo").write_bytes(b"ICE\xf0\x9f\xa7\x8aCHUNK")
+    installed = icechunk.__version__
+    message = _refusal(format_2, tmp_path / "m5")
+    if int(installed.split(".")[0]) < 2:
+        assert f"is of format 2 (written by Icechunk 2.x); the installed icechunk {installed} reads format 1 only" \
+            in message, message
+        inspected = subprocess.run([sys.executable, "-m", "refmount", "inspect", str(format_2)],
+                                   capture_output=True, text=True, timeout=120)
+        assert inspected.returncode != 0 and "is of format 2" in inspected.stderr, inspected.stderr
+    else:  # icechunk 2 reads the format itself, and refuses this fake repository as damaged
+        assert "Icechunk repository" in message
+
 
 @pytest.mark.s3
 def test_repository_on_s3_with_virtual_chunks_on_s3(local_s3, s3_bucket, tmp_path):
