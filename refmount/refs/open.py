@@ -32,7 +32,7 @@ from typing import Any, Literal
 from refmount.errors import ConfigError
 from refmount.refs import source
 from refmount.refs.compact import CompactNamespace
-from refmount.refs.icechunk import check_readable, is_repository
+from refmount.refs.icechunk import check_readable, repository_format
 from refmount.refs.keys import ZMETADATA
 from refmount.refs.parquet.layout import DEFAULT_RECORD_CACHE
 from refmount.refs.relative import set_base
@@ -85,8 +85,9 @@ def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> tu
         try:
             meta_info = fs.info(f"{path}/{ZMETADATA}")
         except FileNotFoundError:
-            if is_repository(fs, path):
-                check_readable(fs, path, shown)
+            found = repository_format(fs, path)
+            if found is not None:
+                check_readable(found, shown)
                 return "icechunk", fs, path, {}
             raise ConfigError(
                 f"reference set {shown} is a directory without {ZMETADATA}: "

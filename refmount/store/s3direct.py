@@ -76,13 +76,11 @@ _LONGER_READ = 1 << 20
 #: Idle kept-alive connections kept per server.
 IDLE_PER_SERVER = 32
 
-#: Per-request arguments of s3fs (``req_kw``) and client settings a presigned URL cannot carry.
+#: Client settings (s3fs ``config_kwargs``) a presigned URL cannot carry.
 _NOT_PRESIGNABLE_CONFIG = ("proxies", "client_cert")
 
 #: Statuses meaning the bucket wants what only botocore does (a region redirect, another signature).
 _BOTOCORE_ONLY = frozenset({301, 302, 307, 308, 400})
-#: Statuses worth another attempt (:mod:`refmount.store.retry` reads ``status``).
-_TRANSIENT = frozenset({408, 429})
 
 
 class StatusError(Exception):
@@ -162,7 +160,7 @@ class Connections:
     """Kept-alive ``http.client`` connections per server, handed to one request at a time."""
 
     def __init__(self, context: ssl.SSLContext | None, connect_timeout: float) -> None:
-        self._context = context
+        self._context = context or ssl.create_default_context()  # used only for https
         self._connect_timeout = connect_timeout
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
@@ -179,8 +177,7 @@ class Connections:
                 if idle:
                     return idle.pop(), True
         if scheme == "https":
-            context = self._context or ssl.create_default_context()
-            return http.client.HTTPSConnection(host, port, timeout=self._connect_timeout, context=context), False
+            return http.client.HTTPSConnection(host, port, timeout=self._connect_timeout, context=self._context), False
         return http.client.HTTPConnection(host, port, timeout=self._connect_timeout), False
 
     def give(self, scheme: str, host: str, port: int, connection: http.client.HTTPConnection) -> None:
@@ -281,7 +278,6 @@ class DirectS3:
     """Ranged GETs of one s3fs filesystem's objects through presigned URLs (see the module docstring)."""
 
     def __init__(self, fs: Any, *, connect_timeout: float, stall_timeout: float) -> None:
-        self.fs = fs
         self.urls = PresignedUrls(fs)
         self.connections = Connections(ssl_context(fs), connect_timeout)
         self.stall_timeout = stall_timeout

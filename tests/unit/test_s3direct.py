@@ -12,6 +12,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import s3fs
@@ -37,10 +38,13 @@ def test_the_watchdog_fires_after_the_deadline_and_not_once_disarmed():
     watchdog.disarm(kept)  # already fired: nothing happens
 
 
-def _backend(local_s3, **credentials: str) -> FsspecBackend:
-    options = {k: local_s3.storage_options()[k] for k in ("key", "secret")} | credentials
-    return FsspecBackend(BackendOptions(endpoint_url=local_s3.endpoint_url, region="us-east-1", timeout=5,
-                                        storage_options={"s3": options}))
+@pytest.fixture
+def backend(local_s3) -> Iterator[FsspecBackend]:
+    credentials = {k: local_s3.storage_options()[k] for k in ("key", "secret")}
+    backend = FsspecBackend(BackendOptions(endpoint_url=local_s3.endpoint_url, region="us-east-1", timeout=5,
+                                           storage_options={"s3": credentials}))
+    yield backend
+    backend.close()
 
 
 @pytest.fixture
@@ -51,52 +55,40 @@ def stored(local_s3, s3_bucket):
     return url, data
 
 
-def test_reads_go_through_presigned_urls_and_a_signature_that_stopped_working_is_made_again(local_s3, stored):
+def test_reads_go_through_presigned_urls_and_a_signature_that_stopped_working_is_made_again(backend, stored):
     url, data = stored
-    backend = _backend(local_s3)
-    try:
-        assert backend.read_ranges(url, [ByteRange(0, 100)]) == [data[:100]]
-        direct = backend._direct["s3"]
-        name = ObjectName(url.split("/")[2], "object.bin")
-        signed, at = direct.urls._urls[name]
-        assert "X-Amz-Signature=" in signed  # SigV4, not botocore's SigV2 default for presigned URLs
-        spoiled = signed.replace("X-Amz-Signature=", "X-Amz-Signature=0")
-        direct.urls._urls[name] = (spoiled, at)  # as if its credentials had been replaced since
-        assert backend.read_pieces(url, [ByteRange(1 << 20, 3 << 20)], 1 << 20) == [
-            [data[1 << 20 : 2 << 20], data[2 << 20 :]]
-        ]
-        assert direct.urls._urls[name][0] != spoiled  # signed again (the same URL within the same second)
-        assert direct.serves(name.bucket)
-    finally:
-        backend.close()
+    assert backend.read_ranges(url, [ByteRange(0, 100)]) == [data[:100]]
+    direct = backend._direct["s3"]
+    name = ObjectName(url.split("/")[2], "object.bin")
+    signed, at = direct.urls._urls[name]
+    assert "X-Amz-Signature=" in signed  # SigV4, not botocore's SigV2 default for presigned URLs
+    spoiled = signed.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    direct.urls._urls[name] = (spoiled, at)  # as if its credentials had been replaced since
+    assert backend.read_pieces(url, [ByteRange(1 << 20, 3 << 20)], 1 << 20) == [
+        [data[1 << 20 : 2 << 20], data[2 << 20 :]]
+    ]
+    assert direct.urls._urls[name][0] != spoiled  # signed again (the same URL within the same second)
+    assert direct.serves(name.bucket)
 
 
-def test_a_refusal_that_a_new_signature_does_not_cure_leaves_the_bucket_to_botocore(local_s3, stored):
+def test_a_refusal_that_a_new_signature_does_not_cure_leaves_the_bucket_to_botocore(backend, stored):
     url, data = stored
-    backend = _backend(local_s3)
-    try:
-        backend.size(url)  # first contact with good credentials
-        fs = backend._filesystems["s3"]
-        fs.s3._request_signer._credentials.secret_key = "not-the-secret"  # both paths now sign wrongly
-        with pytest.raises(BackendError) as failure:
-            backend.read_ranges(url, [ByteRange(0, 10)])
-        assert errno_for(failure.value) == errno.EIO
-        assert str(failure.value).endswith("object.bin [0, 10): access denied")  # botocore's answer, classified
-        assert not backend._direct["s3"].serves(url.split("/")[2])
-    finally:
-        backend.close()
+    backend.size(url)  # first contact with good credentials
+    fs = backend._filesystems["s3"]
+    fs.s3._request_signer._credentials.secret_key = "not-the-secret"  # both paths now sign wrongly
+    with pytest.raises(BackendError) as failure:
+        backend.read_ranges(url, [ByteRange(0, 10)])
+    assert errno_for(failure.value) == errno.EIO
+    assert str(failure.value).endswith("object.bin [0, 10): access denied")  # botocore's answer, classified
+    assert not backend._direct["s3"].serves(url.split("/")[2])
 
 
-def test_an_object_rewritten_after_the_first_contact_is_stale_not_other_bytes(local_s3, stored):
+def test_an_object_rewritten_after_the_first_contact_is_stale_not_other_bytes(local_s3, backend, stored):
     url, data = stored
-    backend = _backend(local_s3)
-    try:
-        assert backend.read_ranges(url, [ByteRange(0, 10)]) == [data[:10]]
-        local_s3.put(url, os.urandom(len(data)))
-        with pytest.raises(StaleObject):
-            backend.read_ranges(url, [ByteRange(10, 20)])
-    finally:
-        backend.close()
+    assert backend.read_ranges(url, [ByteRange(0, 10)]) == [data[:10]]
+    local_s3.put(url, os.urandom(len(data)))
+    with pytest.raises(StaleObject):
+        backend.read_ranges(url, [ByteRange(10, 20)])
 
 
 def test_requests_a_presigned_url_cannot_carry_keep_the_botocore_path(local_s3, monkeypatch):

@@ -12,7 +12,7 @@ from typing import Any
 
 from refmount.errors import ConfigError
 
-__all__ = ["check_readable", "is_repository"]
+__all__ = ["check_readable", "is_repository", "repository_format"]
 
 #: What an Icechunk repository (format 1) holds at its root: the snapshots, and the branch and tag refs.
 MARKERS = ("snapshots", "refs")
@@ -20,31 +20,30 @@ MARKERS = ("snapshots", "refs")
 MARKER_V2 = "repo"
 
 
-def is_repository(fs: Any, path: str) -> bool:
-    """Whether the directory or prefix ``path`` of ``fs`` is an Icechunk repository (format 1 or 2)."""
+def repository_format(fs: Any, path: str) -> int | None:
+    """The format (1 or 2) of the Icechunk repository at the directory or prefix ``path`` of ``fs``; None if none is."""
     root = path.rstrip("/")
     try:
         if all(fs.isdir(posixpath.join(root, marker)) for marker in MARKERS):
-            return True
-        return bool(fs.isfile(posixpath.join(root, MARKER_V2)))
+            return 1
+        return 2 if fs.isfile(posixpath.join(root, MARKER_V2)) else None
     except OSError:
-        return False
+        return None
 
 
-def check_readable(fs: Any, path: str, shown: str) -> None:
+def is_repository(fs: Any, path: str) -> bool:
+    """Whether the directory or prefix ``path`` of ``fs`` is an Icechunk repository (format 1 or 2)."""
+    return repository_format(fs, path) is not None
+
+
+def check_readable(repository_format: int, shown: str) -> None:
     """Refuse, naming both versions, a format 2 repository that the installed ``icechunk`` cannot read.
 
     Without this, icechunk 1.x meets a format 2 repository (one ``repo``
     object, no ``refs/``) with an error about a missing branch, which says
     nothing of the real cause. icechunk 2 needs Python 3.12 or newer.
     """
-    root = path.rstrip("/")
-    try:
-        format_1 = all(fs.isdir(posixpath.join(root, marker)) for marker in MARKERS)
-        format_2 = not format_1 and bool(fs.isfile(posixpath.join(root, MARKER_V2)))
-    except OSError:
-        return  # the open that follows reports the store's failure
-    if not format_2:
+    if repository_format != 2:
         return
     try:
         installed = metadata.version("icechunk")
