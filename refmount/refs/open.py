@@ -47,12 +47,20 @@ Format = Literal["json", "parquet", "icechunk"]
 @dataclass(frozen=True)
 class ReferenceSetInfo:
     """Where a set came from, its format, its modification time (POSIX seconds, 0.0 if unknown),
-    and the source-object facts (size, ETag, mtime per URL) its scanner recorded, for staleness checks."""
+    and the source-object facts (size, ETag, mtime per URL) its scanner recorded, for staleness checks.
+
+    An Icechunk repository also says which version was opened, so no one has to guess what a
+    branch pointed at: the ref asked for, whether it is a branch, tag or snapshot id, and the
+    snapshot it resolved to (all empty for other formats).
+    """
 
     url: str
     format: Format
     mtime: float
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ref: str = ""
+    ref_kind: str = ""
+    snapshot_id: str = ""
 
 
 def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Format, Any, str, dict[str, Any]]:
@@ -152,7 +160,8 @@ def _open_icechunk(
     location = path if is_plain_path(url) or protocol_of(url) in ("file", "local") else fs.unstrip_protocol(path)
     snapshot = open_snapshot(location, options, ref, shown)
     tree = IcechunkNamespace(snapshot, fs, path, f"{location.rstrip('/')}/chunks", shown=shown)
-    return ReferenceSetInfo(url, "icechunk", snapshot.flushed_at), tree
+    return ReferenceSetInfo(url, "icechunk", snapshot.flushed_at, ref=snapshot.ref, ref_kind=snapshot.ref_kind,
+                            snapshot_id=snapshot.snapshot_id), tree
 
 
 def _load_json(url: str, options: dict[str, Any]) -> tuple[Mapping[str, Mapping[str, Any]], CompactNamespace]:

@@ -9,6 +9,7 @@ message and a failing exit status, never served as an empty tree.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -147,6 +148,79 @@ def test_what_cannot_be_mounted_is_refused_naming_it(tmp_path):
         assert inspected.returncode != 0 and "is of format 2" in inspected.stderr, inspected.stderr
     else:  # icechunk 2 reads the format itself, and refuses this fake repository as damaged
         assert "Icechunk repository" in message
+
+
+def _inspect(root: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "refmount", "inspect", str(root), *options],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def _arrays_in_process(storage, container: str, **version: str) -> dict[str, dict]:
+    """Each array of the repository as zarr reads it: shape, chunks, dtype, codec names, stored chunk keys."""
+    repo = icechunk.Repository.open(storage, authorize_virtual_chunk_access={container: None})
+    session = repo.readonly_session(**(version or {"branch": "main"}))
+    found = {}
+    for name, member in zarr.open_group(session.store, mode="r").members(max_depth=None):
+        if isinstance(member, zarr.Array):
+            meta = member.metadata.to_dict()
+
+            async def keys(prefix: str = f"{name}/") -> list[str]:
+                return [key async for key in session.store.list_prefix(prefix)]
+
+            found[name] = {"shape": list(member.shape), "chunks": list(member.chunks), "dtype": str(member.dtype),
+                           "codecs": [codec["name"] for codec in meta["codecs"]],
+                           "chunk_keys": sum(1 for key in asyncio.run(keys()) if not key.endswith("zarr.json"))}
+    return found
+
+
+def test_inspect_says_what_a_mount_of_the_repository_shows(tmp_path):
+    built, root = _local_repository(tmp_path)
+    done = _inspect(root)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "zarr format 3 (the set's own zarr.json, no .zarray)" in text and "zarr format 2" not in text, text
+    assert f"ref            main (branch), snapshot {built.snapshots['v2']}" in text
+    expected = _arrays_in_process(built.storage, built.container)
+    assert sorted(expected) == ["native", "small", "sub/virt"]
+    for name, array in expected.items():
+        codecs = "+".join(array["codecs"])
+        assert (f"  {name:<24} {array['dtype']:<8} shape={array['shape']} chunks={array['chunks']} codecs={codecs} "
+                f"chunk-keys={array['chunk_keys']}") in text, text
+
+    summary = json.loads(_inspect(root, "--json").stdout)
+    assert (summary["set_format"], summary["own_zarr_format"], summary["zarr_format"]) == ("icechunk", 3, 3)
+    listed = {a["name"]: {k: a[k] for k in ("shape", "chunks", "dtype", "codecs", "chunk_keys")}
+              for a in summary["arrays"]}
+    assert listed == expected
+    assert all(a["missing_codecs"] == [] for a in summary["arrays"])
+
+    # The netCDF (and decoded) view: inspect gives the reason a mount refuses it, not a file it will not make.
+    assert summary["netcdf_files"] == [] and set(summary["refused_views"]) == {"decoded", "netcdf"}
+    for view in ("decoded", "netcdf"):
+        reason = summary["refused_views"][view]
+        assert reason in _refusal(root, tmp_path / f"m-{view}", "-o", f"view={view}")
+        assert f"{view} view (-o view={view}): refused: {reason}" in text
+    assert "CDF-" not in text and summary["problems"] == []
+
+
+def test_inspect_names_the_snapshot_of_the_ref_it_read(tmp_path):
+    built, root = _local_repository(tmp_path)
+    for ref, kind, snapshot in (("main", "branch", built.snapshots["v2"]), ("v1", "tag", built.snapshots["v1"])):
+        done = _inspect(root, "--ref", ref)
+        assert done.returncode == 0, done.stderr
+        assert f"ref            {ref} ({kind}), snapshot {snapshot} (see --ref)" in done.stdout, done.stdout
+        summary = json.loads(_inspect(root, "--ref", ref, "--json").stdout)
+        assert (summary["ref"], summary["ref_kind"], summary["snapshot_id"]) == (ref, kind, snapshot)
+    done = _inspect(root, "--ref", built.snapshots["v1"])
+    assert done.returncode == 0 and f"ref            snapshot {built.snapshots['v1']} (see --ref)" in done.stdout
+    # Tag v1 holds the first commit: what inspect lists is what that snapshot holds.
+    expected = _arrays_in_process(built.storage, built.container, tag="v1")
+    listed = json.loads(_inspect(root, "--ref", "v1", "--json").stdout)["arrays"]
+    assert {a["name"]: a["chunk_keys"] for a in listed} == {name: a["chunk_keys"] for name, a in expected.items()}
+
+    done = _inspect(root, "--ref", "nothing")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "has no branch, tag or snapshot 'nothing' (branches: main; tags: v1)" in done.stderr, done.stderr
 
 
 @pytest.mark.s3

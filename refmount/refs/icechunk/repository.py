@@ -61,7 +61,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One committed snapshot of a repository, as the tree needs it."""
+    """One committed snapshot of a repository, as the tree needs it, and the ref that named it."""
 
     snapshot_id: str
     nodes: tuple[Node, ...]
@@ -69,6 +69,8 @@ class Snapshot:
     chunk_refs: int  # how many chunk references its manifests hold
     containers: tuple[str, ...]  # url prefixes of the virtual chunk containers
     flushed_at: float  # when the snapshot was written (POSIX seconds; 0.0 if unknown)
+    ref: str = DEFAULT_REF  # the branch, tag or snapshot id asked for
+    ref_kind: str = "branch"  # which of the three it is: branch, tag or snapshot
 
 
 def storage_for(url: str, options: Mapping[str, Any], shown: str) -> Any:
@@ -106,7 +108,8 @@ def open_snapshot(url: str, options: Mapping[str, Any], ref: str | None, shown: 
         repo = icechunk.Repository.open(storage)
     except icechunk.IcechunkError as exc:
         raise ConfigError(f"Icechunk repository {shown} cannot be opened: {_first_line(exc)}") from None
-    session = _session(repo, ref or DEFAULT_REF, shown, icechunk)
+    ref = ref or DEFAULT_REF
+    session, ref_kind = _session(repo, ref, shown, icechunk)
     _check_containers(repo, shown)
     described = json.loads(repo.inspect_snapshot(session.snapshot_id, pretty=False))
     nodes = tuple(
@@ -119,11 +122,12 @@ def open_snapshot(url: str, options: Mapping[str, Any], ref: str | None, shown: 
         for item in described.get("nodes") or ()
     )
     if not nodes:
-        raise ConfigError(f"Icechunk repository {shown} at {ref or DEFAULT_REF} holds no group or array")
+        raise ConfigError(f"Icechunk repository {shown} at {ref} holds no group or array")
     chunk_refs = sum(int(m.get("num_chunk_refs", 0)) for m in described.get("manifests") or ())
     metadata = asyncio.run(_metadata(session.store, nodes))
     containers = tuple(sorted((repo.config.virtual_chunk_containers or {}).keys()))
-    return Snapshot(session.snapshot_id, nodes, metadata, chunk_refs, containers, _timestamp(described.get("flushed_at")))
+    return Snapshot(session.snapshot_id, nodes, metadata, chunk_refs, containers,
+                    _timestamp(described.get("flushed_at")), ref, ref_kind)
 
 
 def _timestamp(text: object) -> float:
@@ -133,16 +137,16 @@ def _timestamp(text: object) -> float:
         return 0.0
 
 
-def _session(repo: Any, ref: str, shown: str, icechunk: Any) -> Any:
-    """The read-only session of ``ref``: a branch, else a tag, else a snapshot id."""
+def _session(repo: Any, ref: str, shown: str, icechunk: Any) -> tuple[Any, str]:
+    """The read-only session of ``ref`` and what ``ref`` is: a branch, else a tag, else a snapshot id."""
     branches, tags = repo.list_branches(), repo.list_tags()
     try:
         if ref in branches:
-            return repo.readonly_session(branch=ref)
+            return repo.readonly_session(branch=ref), "branch"
         if ref in tags:
-            return repo.readonly_session(tag=ref)
+            return repo.readonly_session(tag=ref), "tag"
         if _SNAPSHOT_ID.match(ref):
-            return repo.readonly_session(snapshot_id=ref)
+            return repo.readonly_session(snapshot_id=ref), "snapshot"
     except icechunk.IcechunkError as exc:
         raise ConfigError(f"Icechunk repository {shown}: {ref} cannot be opened: {_first_line(exc)}") from None
     raise ConfigError(f"Icechunk repository {shown} has no branch, tag or snapshot {ref!r} "
