@@ -19,6 +19,7 @@ from typing import Any
 
 from refmount.errors import IsADirectory, NoAttribute, ReadOnly, RefmountError
 from refmount.fs.served import UNKNOWN, WRITE_FLAGS, XATTR_PREFIX, Entry, Listing, TreeOwner, statfs_figures
+from refmount.read.ranges import Part
 from refmount.read.reader import Reader
 from refmount.refs.tree import Dir, File, ReferenceTree, inode_of
 
@@ -134,10 +135,13 @@ class RefFilesystem:
         return handle
 
     def read(self, handle: int, size: int, offset: int, path: str | None = None) -> bytes:
+        return b"".join(self.read_parts(handle, size, offset, path))
+
+    def read_parts(self, handle: int, size: int, offset: int, path: str | None = None) -> list[Part]:
         file = self._handles.get(handle) or self._recent.get(path or "")
         if file is None:  # a read without open (zero-message open, or fh lost): look it up
             file = self._file_at(path or "")
-        return self.reader.read(file, offset, size)
+        return self.reader.read_parts(file, offset, size)
 
     def _file_at(self, path: str) -> File:
         node = self.namespace.lookup(path)

@@ -51,6 +51,7 @@ from refmount.errors import (
 from refmount.fs.filesystem import RefFilesystem
 from refmount.fs.served import UNKNOWN, Entry, Listing, TreeOwner, statfs_figures
 from refmount.metrics import Metrics
+from refmount.read.ranges import Part
 from refmount.refs.collection import SetSource
 from refmount.refs.tree import inode_of
 from refmount.urls import redact_url
@@ -349,14 +350,17 @@ class SetRouter:
         return handle
 
     def read(self, handle: int, size: int, offset: int, path: str | None = None) -> bytes:
+        return b"".join(self.read_parts(handle, size, offset, path))
+
+    def read_parts(self, handle: int, size: int, offset: int, path: str | None = None) -> list[Part]:
         opened = self._handles.get(handle)
         if opened is None:
             slot, inner = self._route(path or "")
             if slot is None:
                 raise IsADirectory(path or "/")
-            return slot.get().read(-1, size, offset, inner)
+            return slot.get().read_parts(-1, size, offset, inner)
         opened.slot.last_used = time.monotonic()
-        return opened.fs.read(opened.handle, size, offset, opened.path)
+        return opened.fs.read_parts(opened.handle, size, offset, opened.path)
 
     def release(self, handle: int) -> None:
         with self._lock:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from refmount.read.ranges import Part
+
 FILE_MODE = 0o444
 DIR_MODE = 0o555
 XATTR_PREFIX = "user.refmount."
@@ -60,6 +62,10 @@ class ServedTree(Protocol):
 
     def read(self, handle: int, size: int, offset: int, path: str | None = None) -> bytes:
         """Up to ``size`` bytes at ``offset``; an unknown handle (stateless open) reads ``path``."""
+        ...
+
+    def read_parts(self, handle: int, size: int, offset: int, path: str | None = None) -> list[Part]:
+        """:meth:`read`'s bytes as parts in order, uncopied: the adapter copies them into libfuse's buffer."""
         ...
 
     def release(self, handle: int) -> None: ...

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from refmount.metrics import Metrics
+from refmount.read.ranges import Part
 from refmount.refs.model import Reference
 from refmount.refs.tree import File
 
@@ -44,6 +45,11 @@ class FileReader(Protocol):
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of ``file`` at ``offset``; empty at or past the end, an error rather than other bytes."""
+        ...
+
+    def read_parts(self, file: File, offset: int, size: int) -> list[Part]:
+        """:meth:`read`'s bytes as parts in order (whole blocks or views into them), for a caller that copies
+        them straight to where they go (the FUSE reply buffer) instead of into a joined ``bytes`` first."""
         ...
 
     def describe(self, file: File) -> dict[str, str]:

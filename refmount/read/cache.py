@@ -42,7 +42,8 @@ from refmount.errors import BackendError
 from refmount.metrics import Metrics
 from refmount.once import Flights
 from refmount.read.ranges import (
-    assemble,
+    Part,
+    block_parts,
     block_range,
     blocks_covering,
     fetched_blocks,
@@ -99,8 +100,12 @@ class BlockCache:
 
     def read(self, url: str, rng: ByteRange, extent: int) -> bytes:
         """The bytes of ``rng`` in ``url``; ``extent`` bounds the object part that may be fetched."""
+        return b"".join(self.read_parts(url, rng, extent))
+
+    def read_parts(self, url: str, rng: ByteRange, extent: int) -> list[Part]:
+        """:meth:`read` as the cached blocks' parts, in order, uncopied (see :func:`refmount.read.ranges.block_parts`)."""
         if rng.length == 0:
-            return b""
+            return []
         extent = self._bounded(url, extent)
         if rng.stop > extent:
             raise BackendError(
@@ -121,7 +126,7 @@ class BlockCache:
                     # Another reader fetched this block against a shorter extent.
                     data = self._fetch_now(url, index, extent)
             blocks.append((index, data))
-        return assemble(rng, blocks, self.block_size)
+        return block_parts(rng, blocks, self.block_size)
 
     def prefetch(self, url: str, rng: ByteRange, extent: int) -> None:
         """Fetch the missing blocks of ``rng`` without returning them (readahead)."""

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from refmount.byterange import ByteRange
 from refmount.metrics import Metrics
 from refmount.read.cache import BlockCache
-from refmount.read.ranges import clamp_read
+from refmount.read.ranges import Part, clamp_read, parts_length
 from refmount.read.readahead import ReadaheadPlanner
 from refmount.refs.model import Inline, Range, Reference, Whole
 from refmount.refs.tree import File, ReferenceTree
@@ -67,29 +67,33 @@ class Reader:
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of ``file`` at ``offset``; empty at or past the end."""
+        return b"".join(self.read_parts(file, offset, size))
+
+    def read_parts(self, file: File, offset: int, size: int) -> list[Part]:
+        """:meth:`read` as parts of cached blocks, uncopied, for a caller that copies them where they go."""
         ref = file.ref
         # Range first: it is almost every read of a cold stream, and this runs once per kernel request.
         if isinstance(ref, Range):
             rng = clamp_read(offset, size, ref.length)
             if rng.length == 0:
-                return b""
+                return []
             chunk = ByteRange(ref.offset, ref.offset + ref.length) if rng.start == 0 else None
-            data = self._read_object(ref.url, rng.shift(ref.offset), self.namespace.extent(ref.url), chunk)
+            parts = self._read_object(ref.url, rng.shift(ref.offset), self.namespace.extent(ref.url), chunk)
         elif isinstance(ref, Inline):
             rng = clamp_read(offset, size, len(ref.data))
             if rng.length == 0:
-                return b""
-            data = ref.data[rng.start : rng.stop]
+                return []
+            parts = [ref.data if rng.length == len(ref.data) else memoryview(ref.data)[rng.start : rng.stop]]
         elif isinstance(ref, Whole):
             extent = self.backend.size(ref.url)
             rng = clamp_read(offset, size, extent)
             if rng.length == 0:
-                return b""
-            data = self._read_object(ref.url, rng, extent)
+                return []
+            parts = self._read_object(ref.url, rng, extent)
         else:  # pragma: no cover - the model has three shapes
             raise TypeError(f"unknown reference {ref!r}")
-        self.metrics.add_many((("reads", 1), ("bytes_delivered", len(data))))
-        return data
+        self.metrics.add_many((("reads", 1), ("bytes_delivered", parts_length(parts))))
+        return parts
 
     def prefetch(self, refs: Iterable[Reference]) -> None:
         """Start fetching the bytes of ``refs`` in the background, references that touch or nearly touch joined.
@@ -129,11 +133,11 @@ class Reader:
 
     # -- internals -----------------------------------------------------------
 
-    def _read_object(self, url: str, rng: ByteRange, extent: int, chunk: ByteRange | None = None) -> bytes:
+    def _read_object(self, url: str, rng: ByteRange, extent: int, chunk: ByteRange | None = None) -> list[Part]:
         # Plan and start the readahead first: it runs while the demand read waits for its blocks.
         for ahead in self.planner.plan(url, rng, extent, chunk):
             self._submit_prefetch(url, ahead, extent)
-        return self.cache.read(url, rng, extent)
+        return self.cache.read_parts(url, rng, extent)
 
     def _submit_prefetch(self, url: str, ahead: ByteRange, extent: int) -> None:
         if not self._prefetch_slots.acquire(blocking=False):

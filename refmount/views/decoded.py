@@ -64,7 +64,7 @@ from refmount.errors import DecodeError, NotADirectory, NotFound, UnsupportedCod
 from refmount.metrics import Metrics
 from refmount.once import OnceCache
 from refmount.read.cache import BlockCache
-from refmount.read.ranges import clamp_read
+from refmount.read.ranges import Part, clamp_read
 from refmount.refs.model import Inline, Range, Reference, Whole, known_size
 from refmount.refs.tree import Dir, File, Node, ReferenceTree
 from refmount.urls import redact_url
@@ -378,6 +378,7 @@ class RawReader(Protocol):
     def size(self, ref: Reference) -> int: ...
     def listed_size(self, ref: Reference) -> int | None: ...
     def read(self, file: File, offset: int, size: int) -> bytes: ...
+    def read_parts(self, file: File, offset: int, size: int) -> list[Part]: ...
     def describe(self, file: File) -> dict[str, str]: ...
     def prefetch(self, refs: Iterable[Reference]) -> None: ...
     def close(self) -> None: ...
@@ -410,15 +411,18 @@ class DecodingReader:
         return self.raw.listed_size(ref)
 
     def read(self, file: File, offset: int, size: int) -> bytes:
+        return b"".join(self.read_parts(file, offset, size))
+
+    def read_parts(self, file: File, offset: int, size: int) -> list[Part]:
         ref = file.ref
         if not isinstance(ref, DecodedChunk):
-            return self.raw.read(file, offset, size)
+            return self.raw.read_parts(file, offset, size)
         rng = clamp_read(offset, size, ref.size)
         if rng.length == 0:
-            return b""
+            return []
         data = self.chunks.get((self.set_id, file.path), lambda: self._decode(file.path, ref))
         self.metrics.add_many((("reads", 1), ("bytes_delivered", rng.length)))
-        return data[rng.start : rng.stop]
+        return [memoryview(data)[rng.start : rng.stop]]
 
     def describe(self, file: File) -> dict[str, str]:
         """Extended attributes of ``file``: how a decoded chunk is made, or the raw reader's description."""

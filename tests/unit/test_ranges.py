@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from refmount.read.ranges import (
     ByteRange,
     Fetch,
-    assemble,
+    block_parts,
     block_range,
     blocks_covering,
     clamp_read,
@@ -63,7 +63,7 @@ def test_plan_never_asks_beyond_the_extent():
     start=st.integers(0, 300),
     size=st.integers(0, 300),
 )
-def test_fetched_pieces_then_assemble_return_exactly_the_requested_bytes(data, block, start, size):
+def test_fetched_pieces_then_their_parts_are_exactly_the_requested_bytes(data, block, start, size):
     rng = clamp_read(start, size, len(data))
     missing = list(blocks_covering(rng, block))
     blocks = []
@@ -73,7 +73,9 @@ def test_fetched_pieces_then_assemble_return_exactly_the_requested_bytes(data, b
         blocks += fetched_blocks(fetch, pieces)
     assert [index for index, _ in blocks] == missing
     assert all(piece == data[index * block : (index + 1) * block] for index, piece in blocks)
-    assert assemble(rng, blocks, block) == data[rng.start : rng.stop]
+    parts = block_parts(rng, blocks, block)
+    assert b"".join(parts) == data[rng.start : rng.stop]
+    assert all(len(part) for part in parts)  # no empty part: each one is a copy the consumer makes
 
 
 def test_fetched_blocks_past_the_known_end_are_empty_and_extra_pieces_are_refused():

@@ -39,6 +39,7 @@ from refmount.errors import InvalidReferences, NotADirectory, NotFound
 from refmount.metrics import Metrics
 from refmount.once import OnceCache
 from refmount.read.cache import BlockCache
+from refmount.read.ranges import Part
 from refmount.refs.model import Reference, known_size
 from refmount.refs.tree import Dir, File, Node
 from refmount.views.decoded import DecodedTree, DecodingReader
@@ -317,6 +318,12 @@ class NetcdfReader:
             planned = self.view.planned(ref.group)
             return None if planned is None else planned.size
         return self.decoding.listed_size(ref)
+
+    def read_parts(self, file: File, offset: int, size: int) -> list[Part]:
+        if not isinstance(file.ref, NetcdfFile):
+            return self.decoding.read_parts(file, offset, size)
+        out = self.read(file, offset, size)
+        return [out] if out else []
 
     def read(self, file: File, offset: int, size: int) -> bytes:
         ref = file.ref
