@@ -33,6 +33,7 @@ import numcodecs
 from refmount.config.options import MountConfig, backend_options
 from refmount.errors import ConfigError
 from refmount.mount.assemble import reference_storage_options, single_set_name
+from refmount.refs.keys import ZARR_JSON
 from refmount.refs.model import Inline, Range, Reference, Whole
 from refmount.refs.open import open_reference_set
 from refmount.refs.tree import ReferenceTree
@@ -43,8 +44,6 @@ from refmount.views.netcdf.report import FileReport, netcdf_c_problem, netcdf_fi
 from refmount.views.present import VIEWS, check_view_applies
 from refmount.views.zarr3_meta import NotTranslatable, array_metadata
 from refmount.views.zarr_meta import is_object_dtype, numpy_dtype, unavailable_codecs
-
-ZARR_JSON = "zarr.json"
 
 
 @dataclass

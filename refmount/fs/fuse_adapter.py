@@ -236,8 +236,7 @@ class FuseAdapter(_Operations):
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         """The bytes of a read; what makes mfusepy register ``read``, which :class:`_Fuse` answers with
         :meth:`read_into` instead."""
-        buffer = ctypes.create_string_buffer(size)
-        return buffer.raw[: self.read_into(path, ctypes.cast(buffer, ctypes.c_void_p).value or 0, size, offset, fh)]
+        return b"".join(self.fs.read_parts(fh, size, offset, path))
 
     def read_into(self, path: str, address: int, size: int, offset: int, fh: int) -> int:
         """Copy a read's parts into the reply buffer of ``size`` bytes at ``address``; how many bytes were read.

@@ -121,6 +121,8 @@ def split_key(key: object) -> tuple[str, ...]:
 
 #: Zarr's consolidated metadata key; the Parquet layout keeps every metadata document in it.
 ZMETADATA = ".zmetadata"
+#: The metadata document of every Zarr v3 group and array.
+ZARR_JSON = "zarr.json"
 
 
 def is_meta_key(key: str) -> bool:

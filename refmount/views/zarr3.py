@@ -39,13 +39,13 @@ from typing import Any
 
 from refmount.errors import NotADirectory, NotFound
 from refmount.once import OnceCache
+from refmount.refs.keys import ZARR_JSON
 from refmount.refs.model import Inline, Reference
 from refmount.refs.tree import File, Node, ReferenceTree
 from refmount.views.zarr3_meta import NotTranslatable, array_metadata, group_metadata
 
 log = logging.getLogger("refmount.zarr3")
 
-ZARR_JSON = "zarr.json"
 
 #: How many directories' v3 documents (or their absence) the view keeps.
 NODES_KEPT = 4096

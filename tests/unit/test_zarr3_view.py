@@ -19,9 +19,10 @@ import xarray as xr
 import zarr
 
 from refmount.errors import NotFound
+from refmount.refs.keys import ZARR_JSON
 from refmount.refs.model import Inline, Whole
 from refmount.refs.tree import File, Namespace
-from refmount.views.zarr3 import ZARR_JSON, Zarr3Tree
+from refmount.views.zarr3 import Zarr3Tree
 from refmount.views.zarr3_meta import NotTranslatable, array_metadata, codecs_of, data_type
 
 

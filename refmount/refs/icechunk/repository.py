@@ -25,6 +25,7 @@ import fsspec
 from zarr.core.buffer import default_buffer_prototype
 
 from refmount.errors import ConfigError
+from refmount.refs.keys import ZARR_JSON
 from refmount.urls import protocol_of
 
 DEFAULT_REF = "main"
@@ -168,7 +169,7 @@ async def _metadata(store: Any, nodes: tuple[Node, ...]) -> dict[str, bytes]:
     prototype = default_buffer_prototype()
 
     async def one(node: Node) -> tuple[str, bytes]:
-        key = f"{node.path}/zarr.json" if node.path else "zarr.json"
+        key = f"{node.path}/{ZARR_JSON}" if node.path else ZARR_JSON
         buffer = await store.get(key, prototype)
         if buffer is None:
             raise ConfigError(f"Icechunk node /{node.path} has no zarr.json")

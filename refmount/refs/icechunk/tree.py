@@ -34,7 +34,7 @@ from refmount.once import OnceCache
 from refmount.refs import source
 from refmount.refs.icechunk.manifest import ChunkEntry, decode_manifest, manifest_payload
 from refmount.refs.icechunk.repository import Node, Snapshot
-from refmount.refs.keys import validate_key
+from refmount.refs.keys import ZARR_JSON, validate_key
 from refmount.refs.model import Inline, Range, Reference
 from refmount.refs.tree import Dir, File, Namespace, implied_directories
 from refmount.refs.tree import Node as TreeNode
@@ -43,7 +43,6 @@ log = logging.getLogger("refmount.refs.icechunk")
 
 __all__ = ["IcechunkNamespace", "chunk_key"]
 
-ZARR_JSON = "zarr.json"
 
 
 def chunk_key(metadata: dict[str, Any], index: tuple[int, ...]) -> str:
