@@ -14,9 +14,11 @@ separate refmount process with its own mountpoint, standing for a node.
    FUSE path itself allows. The daemon's CPU seconds per GiB are shown for both mounted reads; on a shared
    machine each repeat's own ratios (its reads follow each other within seconds) are steadier than the
    ratio of medians.
-2. Fleet: 1, 2 and 4 daemons sharing one ``shared_cache`` prefix (fresh per fleet size) read the
-   whole dataset, one node after another and then all at once; printed: bytes the archive served per
-   node (the target: about SIZE / nodes when nodes follow each other) and the shared bucket's figures.
+2. Fleet: 1, 2 and 4 daemons sharing one ``shared_cache`` prefix (fresh per fleet size and order) read
+   the whole dataset, one node after another, then all at once, then all at once without fetch leases
+   (``shared_cache_wait=0``, the fleet before leases); printed: bytes the archive served per node (the
+   target: about SIZE / nodes, the archive serving each block once, in every order), the shared
+   bucket's figures, the leases the nodes took and waited on, and the slowest node's read time.
 """
 
 from __future__ import annotations
@@ -163,13 +165,14 @@ def main() -> None:
             return
 
         # 2. Fleets sharing one bucket.
-        print("\n| nodes | order | archive bytes per node | archive / dataset | shared GETs | shared bytes out |")
-        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        print("\n| nodes | order | archive bytes per node | archive / dataset | shared GETs | shared bytes out "
+              "| leases taken / waited on / timed out | slowest node |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for nodes in (1, 2, 4):
-            for order in ("one after another", "all at once"):
-                prefix = f"s3://{shared_bucket}/{nodes}-{order.split()[0]}"
+            for order in ("one after another", "all at once", "all at once, no leases"):
+                prefix = f"s3://{shared_bucket}/{nodes}-{uuid.uuid4().hex[:8]}"
                 options = [*base, f"shared_cache={prefix}", f"shared.endpoint_url={shared.endpoint_url}",
-                           "readahead=8M"]
+                           "readahead=8M", *(["shared_cache_wait=0"] if "no leases" in order else [])]
                 with ExitStack() as fleet:
                     points = [work / f"node{n}" for n in range(nodes)]
                     for point in points:
@@ -177,19 +180,30 @@ def main() -> None:
                     archive.reset()
                     shared.reset()
                     if order == "one after another":
+                        seconds = []
                         for point in points:
-                            read_through(point, keys)
-                            deadline = time.monotonic() + 60
-                            while read_stats(str(point))["shared_cache_queued"] and time.monotonic() < deadline:
-                                time.sleep(0.05)
+                            seconds.append(read_through(point, keys)[1])
+                            wait_for_uploads(point)
                     else:
                         with concurrent.futures.ThreadPoolExecutor(nodes) as pool:
-                            list(pool.map(lambda point: read_through(point, keys), points))
+                            seconds = [taken for _, taken in pool.map(lambda point: read_through(point, keys), points)]
+                        for point in points:
+                            wait_for_uploads(point)
                     served, from_shared = archive.counts(), shared.counts()
+                    figures = [read_stats(str(point)) for point in points]
+                leases = "/".join(str(sum(f.get(f"shared_cache_{name}", 0) for f in figures))
+                                  for name in ("leases_won", "leases_held", "lease_timeouts"))
                 print(f"| {nodes} | {order} | {served['bytes_sent'] / nodes / 2**20:.1f} MiB | "
                       f"{served['bytes_sent'] / size:.2f}x | {from_shared['gets']} | "
-                      f"{from_shared['bytes_sent'] / 2**20:.1f} MiB |")
+                      f"{from_shared['bytes_sent'] / 2**20:.1f} MiB | {leases} | {max(seconds):.2f} s |")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+def wait_for_uploads(point: Path) -> None:
+    """Until the node's upload queue is empty (at most a minute), so the next node can find its blocks."""
+    deadline = time.monotonic() + 60
+    while read_stats(str(point))["shared_cache_queued"] and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

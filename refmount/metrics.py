@@ -30,7 +30,7 @@ TIER_COUNTERS = tuple(
     f"{tier}_cache_{figure}"
     for tier in ("disk", "shared")
     for figure in ("hits", "misses", "bytes_read", "bytes_written", "corrupt", "errors", "dropped")
-)
+) + ("shared_cache_leases_won", "shared_cache_leases_held", "shared_cache_lease_timeouts")
 #: The cache tiers' gauges: bytes in the disk directory and its budget, uploads waiting for the shared bucket.
 TIER_GAUGES = ("disk_cache_stored_bytes", "disk_cache_capacity", "shared_cache_queued")
 

@@ -33,6 +33,8 @@ _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _TRUE = {"1", "true", "yes", "on", ""}
 _FALSE = {"0", "false", "no", "off"}
+#: The longest shared_cache_wait: a read blocked on another mount's fetch longer than this is better fetched itself.
+MAX_SHARED_CACHE_WAIT = 300.0
 
 
 def parse_size(text: str | int) -> int:
@@ -138,6 +140,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("shared_cache", _str, None, "look blocks up in, and upload fetched ones to, this S3 prefix shared by "
            "a fleet of mounts (s3://BUCKET/PREFIX; its own options as -o shared.NAME=VALUE, e.g. "
            "shared.endpoint_url; off unless given)", "URL"),
+    Option("shared_cache_wait", _float, 10.0, "seconds a mount waits for a block another mount of the fleet is "
+           "fetching (it holds the block's lease in shared_cache) before fetching it itself; 0 takes no leases",
+           "SECONDS"),
     Option("record_cache", _int, 32, "record files of a Parquet reference set kept in memory (least recently "
            "used dropped first; each costs its file size while only looked up, about 9 bytes per reference once "
            "listed or decoded)", "N", inspect=True),
@@ -291,6 +296,7 @@ class MountConfig:
     disk_cache: str | None = None
     disk_cache_size: int = 10 << 30
     shared_cache: str | None = None
+    shared_cache_wait: float = 10.0
     uid: int | None = None
     gid: int | None = None
     umask: int = 0o222
@@ -327,6 +333,9 @@ class MountConfig:
             raise ConfigError("option disk_cache_size: must hold at least one block (block_size)")
         if self.shared_cache is not None:
             split_shared_url(self.shared_cache)
+        if not 0 <= self.shared_cache_wait <= MAX_SHARED_CACHE_WAIT:
+            raise ConfigError(f"option shared_cache_wait: must be between 0 and {MAX_SHARED_CACHE_WAIT:.0f} seconds "
+                              "(a read waits that long at most for another mount's fetch)")
         if self.max_decoded_chunk <= 0:
             raise ConfigError("option max_decoded_chunk: must be positive")
         if self.record_cache < 0:

@@ -86,7 +86,8 @@ def open_tree(config: MountConfig) -> ServedTree:
         disk_cache=config.disk_cache, disk_cache_size=config.disk_cache_size, shared_cache=config.shared_cache,
         shared_options=shared_storage_options(filesystem_options("s3", options),
                                               config.storage_options.get(SHARED_OPTIONS, {})),
-        timeout=min(config.timeout, 10.0), queue_bytes=max(4 * config.block_size, raw_budget // 8))
+        timeout=min(config.timeout, 10.0), queue_bytes=max(4 * config.block_size, raw_budget // 8),
+        lease_wait=config.shared_cache_wait)
     cache = BlockCache(backend, capacity=raw_budget, block_size=config.block_size,
                        max_request=config.max_request, metrics=metrics, tiers=tiers, versions=backend.version_of)
     # one budget for every set, as the block cache

@@ -42,6 +42,9 @@ HELP = {
     "disk_cache_stored_bytes": "bytes of blocks in the disk cache directory",
     "disk_cache_capacity": "byte budget of the disk cache",
     "shared_cache_queued": "blocks waiting to be uploaded to the shared cache",
+    "shared_cache_leases_won": "shared cache: fetch leases taken (this node fetched the block for the fleet)",
+    "shared_cache_leases_held": "shared cache: blocks another node was fetching, waited for",
+    "shared_cache_lease_timeouts": "shared cache: blocks waited for that did not arrive in time (fetched here)",
     **{
         f"{tier}_cache_{figure}": f"{where} {what}"
         for tier, where in (("disk", "disk cache:"), ("shared", "shared cache:"))

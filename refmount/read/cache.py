@@ -25,6 +25,12 @@ as its URL (``versions``, the store's answer), so a rewritten object is
 never answered from a tier; only what no tier holds is fetched from the
 store, and what the store sent is then kept in every tier, after the
 waiters have their bytes. A URL without a known version bypasses the tiers.
+
+When the shared tier hands out fetch leases, the claimed blocks no tier
+holds are leased first: this node fetches those it won, and waits (bounded)
+for the others to arrive in the shared bucket from the node fetching them,
+so nodes that miss the same blocks at once read the archive once between
+them; what does not arrive in time is fetched here after all.
 """
 
 from __future__ import annotations
@@ -194,42 +200,74 @@ class BlockCache:
         caller meets it in its own futures); only a process-level exit
         (KeyboardInterrupt, SystemExit) propagates from here.
         """
+        version: str | None = None
         try:
             version = self._versions(url) if self.tiers and self._versions is not None else None
-            missing = self._from_tiers(url, version, mine, extent) if version is not None else mine
-            if not missing:
+            if version is None:
+                self._from_store(url, None, mine, extent)
                 return
-            plan = plan_fetches(missing, self.block_size, extent, self.max_request)
-            bodies = self.backend.read_pieces(url, [fetch.span for fetch in plan], self.block_size)
-            fetched: list[tuple[int, bytes]] = []
-            with self._lock:
-                for fetch, pieces in zip(plan, bodies, strict=True):
-                    for index, data in fetched_blocks(fetch, pieces):
-                        self._store((url, index), data)
-                        self._flights.resolve_locked((url, index), data)
-                        fetched.append((index, data))
-            if version is not None:  # the waiters have their bytes: keeping them below costs only this reader
-                self.tiers.store((TierKey(url, version, self.block_size, index), data) for index, data in fetched)
+            missing = self._from_tiers(url, version, mine, extent)
+            held = self.tiers.lease(*self._tier_request(url, version, missing, extent))
+            # Not the blocks another node holds, nor those that reached the shared tier as the leases were taken.
+            self._from_store(url, version, {i: f for i, f in missing.items() if i not in held and not f.done()},
+                             extent)
+            if held:
+                late = self._from_fleet(url, version, {index: missing[index] for index in held}, extent)
+                self._from_store(url, version, late, extent)
         except BaseException as exc:
             # Only our own unresolved claims: a block we published may already be claimed anew by another reader.
-            self._flights.fail([(url, index) for index, future in mine.items() if not future.done()], exc)
+            unresolved = [index for index, future in mine.items() if not future.done()]
+            self._flights.fail([(url, index) for index in unresolved], exc)
+            if version is not None:  # other nodes may be waiting on this node's leases of them
+                self.tiers.release(TierKey(url, version, self.block_size, index) for index in unresolved)
             if not isinstance(exc, Exception):
                 raise
+
+    def _from_store(self, url: str, version: str | None, claims: dict[int, Future[bytes]], extent: int) -> None:
+        """Fetch the claimed blocks from the store in as few GETs as the plan allows, publish them, keep them below."""
+        if not claims:
+            return
+        plan = plan_fetches(claims, self.block_size, extent, self.max_request)
+        bodies = self.backend.read_pieces(url, [fetch.span for fetch in plan], self.block_size)
+        fetched: list[tuple[int, bytes]] = []
+        with self._lock:
+            for fetch, pieces in zip(plan, bodies, strict=True):
+                for index, data in fetched_blocks(fetch, pieces):
+                    self._store((url, index), data)
+                    self._flights.resolve_locked((url, index), data)
+                    fetched.append((index, data))
+        if version is not None:  # the waiters have their bytes: keeping them below costs only this reader
+            self.tiers.store((TierKey(url, version, self.block_size, index), data) for index, data in fetched)
 
     def _from_tiers(
         self, url: str, version: str, mine: dict[int, Future[bytes]], extent: int
     ) -> dict[int, Future[bytes]]:
         """Publish the claimed blocks the tiers hold; the claims left for the store."""
-        keys = {index: TierKey(url, version, self.block_size, index) for index in mine}
-        minimum = {index: block_range(index, self.block_size, extent).length for index in mine}
+        keys, minimum, publish = self._tier_request(url, version, mine, extent)
+        found = self.tiers.lookup(keys, minimum, publish)
+        return {index: future for index, future in mine.items() if index not in found}
+
+    def _from_fleet(
+        self, url: str, version: str, held: dict[int, Future[bytes]], extent: int
+    ) -> dict[int, Future[bytes]]:
+        """Publish the claimed blocks other nodes are fetching as they arrive; the claims left for the store."""
+        keys, minimum, publish = self._tier_request(url, version, held, extent)
+        found = self.tiers.await_fleet(keys, minimum, publish)
+        return {index: future for index, future in held.items() if index not in found}
+
+    def _tier_request(
+        self, url: str, version: str, claims: dict[int, Future[bytes]], extent: int
+    ) -> tuple[dict[int, TierKey], dict[int, int], Callable[[int, bytes], None]]:
+        """The tier keys of the claimed blocks, the bytes each must hold at least, and how to publish a find."""
+        keys = {index: TierKey(url, version, self.block_size, index) for index in claims}
+        minimum = {index: block_range(index, self.block_size, extent).length for index in claims}
 
         def publish(index: int, data: bytes) -> None:  # at once: a reader may be waiting for just this block
             with self._lock:
                 self._store((url, index), data)
                 self._flights.resolve_locked((url, index), data)
 
-        found = self.tiers.lookup(keys, minimum, publish)
-        return {index: future for index, future in mine.items() if index not in found}
+        return keys, minimum, publish
 
     def _fetch_now(self, url: str, index: int, extent: int) -> bytes:
         span = block_range(index, self.block_size, extent)

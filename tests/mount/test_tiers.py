@@ -8,10 +8,12 @@ directory unless the test shares one), standing for one node of a fleet.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -86,6 +88,17 @@ def _wait_uploads(mount: Mount) -> dict:
         if figures["shared_cache_queued"] == 0 or time.monotonic() > deadline:
             return figures
         time.sleep(0.05)
+
+
+def _shared_options(local_s3, shared_bucket: str, shared_proxy: S3Proxy, *extra: str) -> list[str]:
+    return ["-o", ",".join([f"shared_cache=s3://{shared_bucket}/fleet", f"shared.endpoint_url={shared_proxy.endpoint_url}",
+                            *extra])]
+
+
+def _leases(local_s3, shared_bucket: str) -> list[str]:
+    """The lease objects under the shared prefix (SeaweedFS also lists the emptied folder itself)."""
+    found = local_s3.filesystem().find(f"{shared_bucket}/fleet/leases")
+    return [name for name in found if len(name.rsplit("/", 1)[-1]) == 64]
 
 
 def test_a_remount_over_a_warm_disk_cache_reads_without_archive_gets(local_s3, archive, tmp_path):
@@ -171,12 +184,16 @@ def test_four_nodes_read_the_archive_once_through_the_shared_cache(local_s3, arc
             assert other["shared_cache_bytes_written"] == 0
         shared_served = shared_proxy.counts()
         assert all(path.startswith(f"/{shared_bucket}/fleet/") for path in shared_served["by_path"])
-        # One GET per block and node (a miss costs no listing), one PUT per block for the fleet.
-        assert shared_served["by_method"] == {"GET": 4 * len(KEYS), "PUT": len(KEYS)}
+        # One GET per block and node (a miss costs no listing); for the fleet, per block, one PUT of its fetch
+        # lease, one GET looking the block up again once the lease is taken, one PUT of the block, and the
+        # lease's DELETE once the block is up.
+        assert shared_served["by_method"] == {"GET": 5 * len(KEYS), "PUT": 2 * len(KEYS), "DELETE": len(KEYS)}
+        assert figures[0]["shared_cache_leases_won"] == len(KEYS)
+        assert _leases(local_s3, shared_bucket) == [], "every lease is deleted"
         assert _data_gets(proxy, archive_bucket) == len(KEYS)
 
         # A damaged shared object is ignored and its block fetched from the archive, never returned.
-        names = sorted(local_s3.filesystem().find(f"{shared_bucket}/fleet"))
+        names = sorted(name for name in local_s3.filesystem().find(f"{shared_bucket}/fleet") if "/leases" not in name)
         assert len(names) == len(KEYS)
         stored = bytearray(local_s3.get(f"s3://{names[5]}"))
         stored[-100] ^= 0x40
@@ -188,6 +205,69 @@ def test_four_nodes_read_the_archive_once_through_the_shared_cache(local_s3, arc
             assert "does not verify" in late.log()
         assert late_figures["shared_cache_corrupt"] == 1 and late_figures["shared_cache_hits"] == len(KEYS) - 1
         assert _data_gets(proxy, archive_bucket) == 1
+
+
+def test_four_nodes_starting_at_once_read_the_archive_once_between_them(local_s3, archive, shared, tmp_path):
+    data, _, refs_path, proxy = archive
+    shared_bucket, shared_proxy = shared
+    options = [*_options(proxy), *_shared_options(local_s3, shared_bucket, shared_proxy)]
+    with contextlib.ExitStack() as nodes:
+        mounts = [nodes.enter_context(mounted(refs_path, tmp_path / f"node{n}", options, env=_env(local_s3)))
+                  for n in range(4)]
+        proxy.reset()
+        start = threading.Barrier(len(mounts))
+
+        def job(mount: Mount) -> bytes:
+            start.wait()
+            return _read_all(mount)
+
+        with concurrent.futures.ThreadPoolExecutor(len(mounts)) as pool:
+            answers = list(pool.map(job, mounts))
+        assert all(answer == data for answer in answers)
+        figures = [_wait_uploads(mount) for mount in mounts]
+        served = proxy.counts()["bytes_sent"]
+        # Every block was leased by exactly one node, fetched by it alone and waited for by the three others.
+        assert served == SIZE, f"the archive sent {served / SIZE:.2f}x the dataset to 4 nodes at once"
+        assert sum(f["shared_cache_leases_won"] for f in figures) == len(KEYS)
+        # The other three took each block from the shared bucket: found at once, or waited for under its lease.
+        assert sum(f["shared_cache_hits"] for f in figures) == 3 * len(KEYS)
+        assert sum(f["shared_cache_leases_held"] for f in figures) <= 3 * len(KEYS)
+        assert sum(f["shared_cache_lease_timeouts"] for f in figures) == 0
+        assert sum(f["shared_cache_bytes_written"] for f in figures) == SIZE
+        assert _leases(local_s3, shared_bucket) == []
+
+
+def test_a_node_killed_holding_a_lease_delays_the_others_by_the_wait_only(local_s3, archive, shared, tmp_path):
+    data, _, refs_path, proxy = archive
+    shared_bucket, shared_proxy = shared
+    with S3Proxy(local_s3.endpoint_url, local_s3) as stalled:  # the doomed node's archive: its GET never returns
+        stalled.inject("stall", count=100, methods=frozenset({"GET"}))
+        doomed_options = [*_options(stalled), *_shared_options(local_s3, shared_bucket, shared_proxy)]
+        with mounted(refs_path, tmp_path / "doomed", doomed_options, env=_env(local_s3)) as doomed:
+            reading = threading.Thread(target=read_file, args=(doomed.path / KEYS[0],), kwargs={"timeout": 60},
+                                       daemon=True)
+            reading.start()
+            deadline = time.monotonic() + 30
+            while not _leases(local_s3, shared_bucket) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(_leases(local_s3, shared_bucket)) == 1, doomed.log()
+            doomed.process.kill()  # dies holding block 0's lease: it never uploads the block nor deletes the lease
+            doomed.process.wait(10)
+        stalled.release()
+    proxy.reset()
+    options = [*_options(proxy), *_shared_options(local_s3, shared_bucket, shared_proxy, "shared_cache_wait=1")]
+    with mounted(refs_path, tmp_path / "survivor", options, env=_env(local_s3)) as survivor:
+        started = time.monotonic()
+        assert _read_all(survivor) == data
+        waited = time.monotonic() - started
+        figures = _wait_uploads(survivor)
+        assert "did not arrive within 1.0 s" in survivor.log()
+    assert figures["shared_cache_lease_timeouts"] == 1 and figures["shared_cache_leases_won"] == len(KEYS) - 1
+    assert figures["shared_cache_leases_held"] == 1 and figures["errors"] == 0
+    assert waited >= 1.0, "the lease was honoured for its wait"
+    assert proxy.counts()["bytes_sent"] == SIZE
+    assert _leases(local_s3, shared_bucket) == [], "the survivor's upload of block 0 ended the dead node's lease"
+    assert len([name for name in local_s3.filesystem().find(f"{shared_bucket}/fleet") if "/leases" not in name]) == len(KEYS)
 
 
 def test_a_rewritten_archive_object_is_never_served_from_a_tier(local_s3, archive, shared, tmp_path):

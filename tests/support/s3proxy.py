@@ -268,11 +268,12 @@ class _Handler(TrackedHandler):
         # upstream connection can carry the next request.
         slow = plan.kind == "slow"
         while data := resp.read(_SLOW_PIECE if slow else _CHUNK):
+            # Counted before it is sent: a client that has its bytes always finds them counted.
+            owner.stats.add_sent(len(data))
             if chunked:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             else:
                 self.wfile.write(data)
-            owner.stats.add_sent(len(data))
             if slow:
                 assert plan.fault is not None
                 self.wfile.flush()

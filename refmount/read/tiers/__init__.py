@@ -22,11 +22,13 @@ __all__ = ["CacheTier", "DiskTier", "SharedTier", "TierKey", "TierStack", "open_
 
 
 def open_tiers(*, disk_cache: str | None, disk_cache_size: int, shared_cache: str | None,
-               shared_options: Mapping[str, Any], timeout: float, queue_bytes: int) -> TierStack:
+               shared_options: Mapping[str, Any], timeout: float, queue_bytes: int,
+               lease_wait: float = 0.0) -> TierStack:
     """The tiers a mount asked for, fastest first (none: an empty stack, and the cache is memory only)."""
     tiers: list[CacheTier] = []
     if disk_cache:
         tiers.append(DiskTier(disk_cache, disk_cache_size))
     if shared_cache:
-        tiers.append(SharedTier(shared_cache, shared_options, timeout=timeout, queue_bytes=queue_bytes))
+        tiers.append(SharedTier(shared_cache, shared_options, timeout=timeout, queue_bytes=queue_bytes,
+                                lease_wait=lease_wait))
     return TierStack(tiers)

@@ -30,7 +30,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from isal.isal_zlib import crc32  # zlib's CRC-32, same values, with carry-less multiplication
 
@@ -99,9 +99,10 @@ def unframe(key: TierKey, stored: bytes) -> bytes | None:
 class TierFigures:
     """Counters of one tier, safe to bump from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        """Every tier counts :data:`FIGURES`; ``extra`` names the counters only this tier keeps."""
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(FIGURES, 0)
+        self._counts = dict.fromkeys((*FIGURES, *extra), 0)
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -144,4 +145,32 @@ class CacheTier(Protocol):
 
     def close(self) -> None:
         """Finish or abandon background work; later calls miss and keep nothing."""
+        ...
+
+
+@runtime_checkable
+class LeasingTier(CacheTier, Protocol):
+    """A tier shared by several nodes that can tell one of them to fetch a block while the others wait.
+
+    See :mod:`refmount.read.tiers.lease`. Every failure of the lease
+    requests means "fetch it yourself": a lease can delay a read by the
+    tier's bounded wait, never fail it.
+    """
+
+    def lease_many(self, keys: Iterable[TierKey]) -> tuple[set[TierKey], dict[TierKey, bytes]]:
+        """Take the fetch lease of each block: the keys another node holds now (to be waited for), and
+        the blocks that arrived in the tier since the caller looked them up (their holder had finished).
+
+        The caller fetches every other key from the archive and then puts
+        it (or calls :meth:`release` if it could not), which ends its lease.
+        """
+        ...
+
+    def await_blocks(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
+        """The blocks of ``keys`` as they arrive in the tier, for a bounded time; those missing at its end
+        the caller fetches and puts, which clears the leases it waited on."""
+        ...
+
+    def release(self, keys: Iterable[TierKey]) -> None:
+        """End this node's leases of ``keys`` without a block (its fetch failed), in the background."""
         ...

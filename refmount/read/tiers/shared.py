@@ -4,8 +4,7 @@ A block is stored as one object, ``PREFIX/XY/NAME``, NAME being the hash of
 (URL, version, block size, block index) (:class:`~refmount.read.tiers.base.TierKey`):
 every node computes the same name for the same bytes, so nodes agree
 without talking to each other, and the archive is read about once per block
-for the whole fleet (two nodes missing the same block at the same moment
-may both fetch it; the second upload replaces the first with the same bytes).
+for the whole fleet.
 
 Lookups are made on the read path, concurrently for all the blocks of one
 fetch and bounded by ``timeout``; a missing object is a miss, and any other
@@ -14,6 +13,12 @@ failure is a miss too, after which the tier is left alone for
 every read a timeout. Uploads of blocks fetched from the archive happen in
 the background on a few threads, from a queue bounded in bytes; a block
 that does not fit is dropped, and a failed upload is counted, never raised.
+
+Nodes that miss the same block at the same moment agree on which of them
+fetches it through a lease object per block (:mod:`~refmount.read.tiers.lease`):
+the others wait, for at most ``lease_wait`` seconds, for the block to
+appear in the bucket, so even a fleet started at once reads the archive
+about once per block. ``lease_wait=0`` takes no leases.
 
 Each object is framed and checksummed like a disk block
 (:func:`~refmount.read.tiers.base.frame`); one that does not verify is
@@ -29,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -40,6 +47,7 @@ from fsspec.asyn import AsyncFileSystem
 
 from refmount.errors import ConfigError
 from refmount.read.tiers.base import TierFigures, TierKey, frame, unframe
+from refmount.read.tiers.lease import WaitSchedule, held_elsewhere, lease_body, lease_object
 from refmount.store.options import single_attempt
 from refmount.urls import protocol_of, redact_url
 
@@ -47,6 +55,10 @@ log = logging.getLogger("refmount.cache.shared")
 
 #: Seconds the tier is skipped after a lookup failed for another reason than a missing object.
 PAUSE_AFTER_FAILURE = 30.0
+#: Seconds a node waits, by default, for a block another node holds the fetch lease of.
+LEASE_WAIT = 10.0
+#: The counters only this tier keeps: leases taken, blocks waited for, waits that ran out.
+LEASE_FIGURES = ("leases_won", "leases_held", "lease_timeouts")
 #: Options under ``shared.`` that s3fs takes inside ``client_kwargs``.
 _CLIENT_OPTIONS = {"endpoint_url": "endpoint_url", "region": "region_name", "region_name": "region_name"}
 
@@ -84,7 +96,7 @@ class SharedTier:
     name = "shared"
 
     def __init__(self, url: str, storage_options: Mapping[str, Any], *, timeout: float = 10.0,
-                 queue_bytes: int = 32 << 20, writers: int = 4) -> None:
+                 queue_bytes: int = 32 << 20, writers: int = 4, lease_wait: float = LEASE_WAIT) -> None:
         bucket, prefix = split_shared_url(url)
         self.url = url
         self._bucket = bucket
@@ -93,10 +105,16 @@ class SharedTier:
         self.queue_bytes = queue_bytes
         self._fs: AsyncFileSystem = fsspec.filesystem("s3", **dict(storage_options))
         single_attempt(self._fs)
-        self._figures = TierFigures()
+        self._figures = TierFigures(LEASE_FIGURES)
         self._paused_until = 0.0
         self._warned = False
-        self._queue: deque[tuple[TierKey, bytes]] = deque()
+        self.lease_wait = lease_wait
+        self._holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._leases_paused_until = 0.0
+        #: Leases to delete once their block is put: this node's own, and others' it stopped waiting on.
+        self._to_clear: set[TierKey] = set()
+        #: (key, block or None for a lease deletion only, whether to delete the lease after the upload)
+        self._queue: deque[tuple[TierKey, bytes | None, bool]] = deque()
         self._queued_bytes = 0
         self._busy = 0
         self._closed = False
@@ -115,11 +133,14 @@ class SharedTier:
         """All of ``keys`` looked up at once (one GET each, concurrently), answered when the last is in."""
         yield from self._lookup(list(keys)).items()
 
-    def _lookup(self, wanted: list[TierKey]) -> dict[TierKey, bytes]:
+    def _lookup(self, wanted: list[TierKey], *, again: bool = False) -> dict[TierKey, bytes]:
+        """The blocks of ``wanted`` that are stored and verify. ``again``: a further look at blocks looked up
+        before (a lease re-check, a waiter's poll), whose misses and damaged objects were counted and logged then."""
         if not wanted:
             return {}
         if self._closed or time.monotonic() < self._paused_until:
-            self._figures.add("misses", len(wanted))
+            if not again:
+                self._figures.add("misses", len(wanted))
             return {}
         try:
             stored = fsspec.asyn.sync(self._fs.loop, self._fetch_all, wanted, timeout=self.timeout + 1)
@@ -134,12 +155,14 @@ class SharedTier:
                     found[key] = data
                     self._figures.add("bytes_read", len(data))
                     continue
-                self._figures.add("corrupt")
-                log.warning("shared cache: %s does not verify (corrupt or cut short); ignored, fetched from the "
-                            "archive", self._path(key))
+                if not again:
+                    self._figures.add("corrupt")
+                    log.warning("shared cache: %s does not verify (corrupt or cut short); ignored, fetched from the "
+                                "archive", self._path(key))
             elif not isinstance(answer, FileNotFoundError):
                 failure = answer
-            self._figures.add("misses")
+            if not again:
+                self._figures.add("misses")
         self._figures.add("hits", len(found))
         if failure is not None:
             self._lookup_failed(failure)
@@ -147,12 +170,99 @@ class SharedTier:
 
     def put(self, key: TierKey, data: bytes) -> None:
         with self._changed:
+            clear = key in self._to_clear
+            self._to_clear.discard(key)
             if self._closed or self._queued_bytes + len(data) > self.queue_bytes:
                 self._figures.add("dropped")
+                if clear and not self._closed:  # the block is not kept, but its waiters need not wait on
+                    self._queue.append((key, None, True))
+                    self._changed.notify()
                 return
-            self._queue.append((key, data))
+            self._queue.append((key, data, clear))
             self._queued_bytes += len(data)
             self._changed.notify()
+
+    # -- LeasingTier ---------------------------------------------------------
+
+    def lease_many(self, keys: Iterable[TierKey]) -> tuple[set[TierKey], dict[TierKey, bytes]]:
+        """One conditional create per key, concurrently; any failure but "exists" leaves the key to the caller.
+
+        A holder uploads its block before it deletes its lease, so a lease won
+        after the caller's lookup may be one just ended: the won blocks are
+        looked up once more, and those found are answered (their fresh leases
+        deleted) instead of being fetched a second time.
+        """
+        wanted = list(keys)
+        now = time.monotonic()
+        if not wanted or self.lease_wait <= 0 or self._closed or now < self._paused_until \
+                or now < self._leases_paused_until:
+            return set(), {}
+        try:
+            answers = fsspec.asyn.sync(self._fs.loop, self._lease_all, wanted, timeout=self.timeout + 1)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: every block is fetched by this node
+            answers = [exc] * len(wanted)
+        held: set[TierKey] = set()
+        won: list[TierKey] = []
+        failure: BaseException | None = None
+        for key, answer in zip(wanted, answers, strict=True):
+            if answer is None:
+                won.append(key)
+            elif held_elsewhere(answer):
+                held.add(key)
+            else:
+                failure = answer
+        arrived = self._lookup(won, again=True)
+        with self._changed:
+            self._to_clear.update(key for key in won if key not in arrived)
+            self._queue.extend((key, None, True) for key in arrived)
+            self._changed.notify_all()
+        self._figures.add("leases_won", len(won) - len(arrived))
+        self._figures.add("leases_held", len(held))
+        if failure is not None:
+            self._figures.add("errors")
+            self._leases_paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+            log.warning("shared cache %s: cannot take fetch leases (%s); fetching without them for the next %.0f s",
+                        redact_url(self.url), type(failure).__name__ if not str(failure) else failure,
+                        PAUSE_AFTER_FAILURE)
+        return held, arrived
+
+    def await_blocks(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
+        """Look for the blocks at growing intervals; stop waiting for one whose lease is gone without it.
+
+        A holder deletes its lease after the upload, or without one when it
+        could not fetch or keep the block (its upload queue full): a block
+        still missing whose lease is gone is looked up once more (it may have
+        landed between the two looks) and is otherwise the caller's to fetch.
+        """
+        pending = list(keys)
+        schedule = WaitSchedule(self.lease_wait, time.monotonic())
+        while pending:
+            pause = schedule.pause(time.monotonic())
+            if pause is None:
+                break
+            time.sleep(pause)
+            found = self._lookup(pending, again=True)
+            yield from found.items()
+            pending = [key for key in pending if key not in found]
+            ended = self._leases_gone(pending)
+            if ended:
+                found = self._lookup(ended, again=True)
+                yield from found.items()
+                pending = [key for key in pending if key not in ended]
+        if pending:
+            self._figures.add("lease_timeouts", len(pending))
+            with self._changed:
+                self._to_clear.update(pending)  # the caller fetches and puts them, which ends the leases
+            log.info("shared cache: %d block(s) leased by another node did not arrive within %.1f s; fetching them "
+                     "from the archive", len(pending), self.lease_wait)
+
+    def release(self, keys: Iterable[TierKey]) -> None:
+        with self._changed:
+            for key in keys:
+                if key in self._to_clear and not self._closed:
+                    self._to_clear.discard(key)
+                    self._queue.append((key, None, True))
+            self._changed.notify_all()
 
     def figures(self) -> dict[str, int]:
         figures = self._figures.snapshot()
@@ -175,8 +285,9 @@ class SharedTier:
         self.flush(timeout)
         with self._changed:
             self._closed = True
-            left = len(self._queue)
+            left = sum(1 for _, data, _ in self._queue if data is not None)
             self._queue.clear()
+            self._to_clear.clear()
             self._queued_bytes = 0
             self._changed.notify_all()
         if left:
@@ -187,6 +298,47 @@ class SharedTier:
     def _path(self, key: TierKey) -> str:
         name = key.name
         return f"{self._base}/{name[:2]}/{name}"
+
+    async def _lease_all(self, keys: list[TierKey]) -> list[BaseException | None]:
+        body = lease_body(self._holder, time.time())
+
+        async def one(key: TierKey) -> None:
+            _, object_key = lease_object(self._base, key).split("/", 1)
+            await asyncio.wait_for(self._fs._call_s3("put_object", Bucket=self._bucket, Key=object_key, Body=body,
+                                                     IfNoneMatch="*"), self.timeout)
+
+        return list(await asyncio.gather(*(one(key) for key in keys), return_exceptions=True))
+
+    def _leases_gone(self, keys: list[TierKey]) -> list[TierKey]:
+        """Those of ``keys`` whose lease object no longer exists (one HEAD each, concurrently; a failure: still there)."""
+        if not keys:
+            return []
+
+        async def gone(key: TierKey) -> bool:
+            _, object_key = lease_object(self._base, key).split("/", 1)
+            try:
+                await asyncio.wait_for(self._fs._call_s3("head_object", Bucket=self._bucket, Key=object_key),
+                                       self.timeout)
+            except FileNotFoundError:
+                return True
+            return False
+
+        async def all_gone() -> list[bool | BaseException]:
+            return list(await asyncio.gather(*(gone(key) for key in keys), return_exceptions=True))
+
+        try:
+            answers = fsspec.asyn.sync(self._fs.loop, all_gone, timeout=self.timeout + 1)
+        except Exception:  # noqa: BLE001 - unknown: keep waiting, bounded by the schedule
+            return []
+        return [key for key, answer in zip(keys, answers, strict=True) if answer is True]
+
+    def _clear_lease(self, key: TierKey) -> None:
+        try:
+            self._fs.rm_file(lease_object(self._base, key))
+        except FileNotFoundError:
+            pass
+        except Exception:  # noqa: BLE001 - a lease left behind costs its waiters one bounded wait
+            self._figures.add("errors")
 
     async def _fetch_all(self, keys: list[TierKey]) -> list[bytes | BaseException]:
         async def one(key: TierKey) -> bytes:
@@ -204,6 +356,17 @@ class SharedTier:
             response["Body"].close()
         return data
 
+    def _upload(self, key: TierKey, data: bytes) -> None:
+        try:
+            self._fs.pipe_file(self._path(key), frame(key, data))
+            self._figures.add("bytes_written", len(data))
+        except Exception as exc:  # noqa: BLE001 - an upload that fails is counted; the read was served
+            self._figures.add("errors")
+            if not self._warned:
+                self._warned = True
+                log.warning("shared cache %s: cannot store blocks (%s); further failures are only counted",
+                            redact_url(self.url), exc)
+
     def _lookup_failed(self, exc: BaseException) -> None:
         self._figures.add("errors")
         self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
@@ -217,18 +380,14 @@ class SharedTier:
                     self._changed.wait()
                 if self._closed:
                     return
-                key, data = self._queue.popleft()
-                self._queued_bytes -= len(data)
+                key, data, clear = self._queue.popleft()
+                self._queued_bytes -= len(data) if data is not None else 0
                 self._busy += 1
             try:
-                self._fs.pipe_file(self._path(key), frame(key, data))
-                self._figures.add("bytes_written", len(data))
-            except Exception as exc:  # noqa: BLE001 - an upload that fails is counted; the read was served
-                self._figures.add("errors")
-                if not self._warned:
-                    self._warned = True
-                    log.warning("shared cache %s: cannot store blocks (%s); further failures are only counted",
-                                redact_url(self.url), exc)
+                if data is not None:
+                    self._upload(key, data)
+                if clear:  # after the upload: a waiter that then finds no lease finds the block
+                    self._clear_lease(key)
             finally:
                 with self._changed:
                     self._busy -= 1

@@ -6,13 +6,18 @@ node's disk learns from the fleet's bucket); a block fetched from the
 archive goes to every tier. A tier's answer shorter than the block the
 reader may need (cut at another reference set's extent) is treated as
 missing.
+
+A tier shared by a fleet may also hand out fetch leases
+(:class:`~refmount.read.tiers.base.LeasingTier`): :meth:`TierStack.lease`
+says which of the blocks no tier holds another node is fetching now, and
+:meth:`TierStack.await_fleet` waits (bounded) for those to arrive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from refmount.read.tiers.base import CacheTier, TierKey
+from refmount.read.tiers.base import CacheTier, LeasingTier, TierKey
 
 
 class TierStack:
@@ -20,6 +25,7 @@ class TierStack:
 
     def __init__(self, tiers: Sequence[CacheTier]) -> None:
         self.tiers = tuple(tiers)
+        self._leasing = next((tier for tier in self.tiers if isinstance(tier, LeasingTier)), None)
 
     def __bool__(self) -> bool:
         return bool(self.tiers)
@@ -47,6 +53,51 @@ class TierStack:
                     faster.put(key, data)
             missed_in.append(tier)
         return answered
+
+    def lease(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int],
+              found: Callable[[int, bytes], None]) -> set[int]:
+        """Take the fetch leases of these blocks (by index); the indices another node is fetching now.
+
+        A block that reached the shared tier meanwhile is handed to ``found`` (and the faster tiers).
+        """
+        if self._leasing is None or not keys:
+            return set()
+        held, arrived = self._leasing.lease_many(keys.values())
+        self._accept(keys, minimum, found, arrived.items())
+        return {index for index, key in keys.items() if key in held}
+
+    def await_fleet(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int],
+                    found: Callable[[int, bytes], None]) -> set[int]:
+        """Hand ``found`` each leased block as it arrives in the shared tier (bounded wait); the indices found.
+
+        What arrives is kept in the faster tiers too, as a lookup's find is;
+        the blocks still missing are the caller's to fetch (and store).
+        """
+        if self._leasing is None or not keys:
+            return set()
+        return self._accept(keys, minimum, found, self._leasing.await_blocks(list(keys.values())))
+
+    def _accept(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int], found: Callable[[int, bytes], None],
+                answers: Iterable[tuple[TierKey, bytes]]) -> set[int]:
+        """Hand ``found`` the shared tier's answers long enough for their readers; keep them in the faster tiers."""
+        assert self._leasing is not None
+        wanted = {key: index for index, key in keys.items()}
+        faster = self.tiers[: self.tiers.index(self._leasing)]
+        answered: set[int] = set()
+        for key, data in answers:
+            index = wanted[key]
+            if len(data) < minimum[index]:
+                continue
+            answered.add(index)
+            found(index, data)
+            for tier in faster:
+                tier.put(key, data)
+        return answered
+
+    def release(self, keys: Iterable[TierKey]) -> None:
+        """End this node's leases of blocks it could not fetch."""
+        if self._leasing is not None:
+            self._leasing.release(keys)
 
     def store(self, blocks: Iterable[tuple[TierKey, bytes]]) -> None:
         """Keep blocks just fetched from the archive in every tier."""
