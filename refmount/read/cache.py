@@ -206,11 +206,8 @@ class BlockCache:
             if version is None:
                 self._from_store(url, None, mine, extent)
                 return
-            missing = self._from_tiers(url, version, mine, extent)
-            held = self.tiers.lease(*self._tier_request(url, version, missing, extent))
-            # Not the blocks another node holds, nor those that reached the shared tier as the leases were taken.
-            self._from_store(url, version, {i: f for i, f in missing.items() if i not in held and not f.done()},
-                             extent)
+            missing, held = self._from_tiers(url, version, mine, extent)
+            self._from_store(url, version, {i: f for i, f in missing.items() if i not in held}, extent)
             if held:
                 late = self._from_fleet(url, version, {index: missing[index] for index in held}, extent)
                 self._from_store(url, version, late, extent)
@@ -241,11 +238,11 @@ class BlockCache:
 
     def _from_tiers(
         self, url: str, version: str, mine: dict[int, Future[bytes]], extent: int
-    ) -> dict[int, Future[bytes]]:
-        """Publish the claimed blocks the tiers hold; the claims left for the store."""
+    ) -> tuple[dict[int, Future[bytes]], set[int]]:
+        """Publish the claimed blocks the tiers hold; the claims left, and those of them another node fetches."""
         keys, minimum, publish = self._tier_request(url, version, mine, extent)
-        found = self.tiers.lookup(keys, minimum, publish)
-        return {index: future for index, future in mine.items() if index not in found}
+        found, held = self.tiers.lookup(keys, minimum, publish)
+        return {index: future for index, future in mine.items() if index not in found}, held
 
     def _from_fleet(
         self, url: str, version: str, held: dict[int, Future[bytes]], extent: int

@@ -184,11 +184,15 @@ def test_four_nodes_read_the_archive_once_through_the_shared_cache(local_s3, arc
             assert other["shared_cache_bytes_written"] == 0
         shared_served = shared_proxy.counts()
         assert all(path.startswith(f"/{shared_bucket}/fleet/") for path in shared_served["by_path"])
-        # One GET per block and node (a miss costs no listing); for the fleet, per block, one PUT of its fetch
-        # lease, one GET looking the block up again once the lease is taken, one PUT of the block, and the
-        # lease's DELETE once the block is up.
-        assert shared_served["by_method"] == {"GET": 5 * len(KEYS), "PUT": 2 * len(KEYS), "DELETE": len(KEYS)}
-        assert figures[0]["shared_cache_leases_won"] == len(KEYS)
+        # One GET per block and node (a miss costs no listing) and one PUT per block for the fleet; the first node
+        # also took fetch leases (one object for the 8 MiB stretch the blocks lie in, taken again after each
+        # deletion), each a PUT, a second look at the block just leased (GET) and a DELETE once its blocks were
+        # up (one more when a read extended the lease while it was being deleted). Nodes whose lookups hit take none.
+        leases = figures[0]["shared_cache_leases_won"]
+        assert 1 <= leases <= len(KEYS) and all(other["shared_cache_leases_won"] == 0 for other in figures[1:])
+        served_by = shared_served["by_method"]
+        assert (served_by["GET"], served_by["PUT"]) == (4 * len(KEYS) + leases, len(KEYS) + leases), served_by
+        assert leases <= served_by["DELETE"] <= len(KEYS) and set(served_by) == {"GET", "PUT", "DELETE"}
         assert _leases(local_s3, shared_bucket) == [], "every lease is deleted"
         assert _data_gets(proxy, archive_bucket) == len(KEYS)
 
@@ -226,12 +230,11 @@ def test_four_nodes_starting_at_once_read_the_archive_once_between_them(local_s3
         assert all(answer == data for answer in answers)
         figures = [_wait_uploads(mount) for mount in mounts]
         served = proxy.counts()["bytes_sent"]
-        # Every block was leased by exactly one node, fetched by it alone and waited for by the three others.
+        # Each block was fetched by the one node holding the lease of its stretch when it missed it; the other
+        # three took it from the shared bucket (found by lookup, or waited for under the lease).
         assert served == SIZE, f"the archive sent {served / SIZE:.2f}x the dataset to 4 nodes at once"
-        assert sum(f["shared_cache_leases_won"] for f in figures) == len(KEYS)
-        # The other three took each block from the shared bucket: found at once, or waited for under its lease.
         assert sum(f["shared_cache_hits"] for f in figures) == 3 * len(KEYS)
-        assert sum(f["shared_cache_leases_held"] for f in figures) <= 3 * len(KEYS)
+        assert sum(f["shared_cache_leases_held"] for f in figures) >= 1, "the nodes did meet each other's leases"
         assert sum(f["shared_cache_lease_timeouts"] for f in figures) == 0
         assert sum(f["shared_cache_bytes_written"] for f in figures) == SIZE
         assert _leases(local_s3, shared_bucket) == []
@@ -262,8 +265,9 @@ def test_a_node_killed_holding_a_lease_delays_the_others_by_the_wait_only(local_
         waited = time.monotonic() - started
         figures = _wait_uploads(survivor)
         assert "did not arrive within 1.0 s" in survivor.log()
-    assert figures["shared_cache_lease_timeouts"] == 1 and figures["shared_cache_leases_won"] == len(KEYS) - 1
-    assert figures["shared_cache_leases_held"] == 1 and figures["errors"] == 0
+    # Block 0 waited out the dead node's lease; the survivor then cleared it and read the rest as it would alone.
+    assert figures["shared_cache_lease_timeouts"] == 1 and figures["shared_cache_leases_held"] >= 1
+    assert figures["errors"] == 0
     assert waited >= 1.0, "the lease was honoured for its wait"
     assert proxy.counts()["bytes_sent"] == SIZE
     assert _leases(local_s3, shared_bucket) == [], "the survivor's upload of block 0 ended the dead node's lease"

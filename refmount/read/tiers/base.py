@@ -158,11 +158,12 @@ class LeasingTier(CacheTier, Protocol):
     """
 
     def lease_many(self, keys: Iterable[TierKey]) -> tuple[set[TierKey], dict[TierKey, bytes]]:
-        """Take the fetch lease of each block: the keys another node holds now (to be waited for), and
-        the blocks that arrived in the tier since the caller looked them up (their holder had finished).
+        """Take the fetch leases of blocks a lookup missed: the keys another node holds now, and the blocks
+        that reached the tier since that lookup (their holder had just finished).
 
-        The caller fetches every other key from the archive and then puts
-        it (or calls :meth:`release` if it could not), which ends its lease.
+        The caller waits for the first (:meth:`await_blocks`); the rest it
+        fetches and puts (or calls :meth:`release` if it could not), which
+        ends its leases.
         """
         ...
 

@@ -2,14 +2,21 @@
 
 Without them, nodes that miss the same block at the same moment each fetch
 it: a job started on every node at once reads the archive once per node,
-however the shared tier is filled afterwards. Before fetching, a node
-creates one small lease object per block with a conditional PUT
+however the shared tier is filled afterwards. For the blocks its lookup in
+the shared bucket missed, a node creates a small lease object for each
+*stretch* they lie in (:data:`LEASE_SPAN` bytes of the object, aligned, so one
+readahead run takes one lease) with a conditional PUT
 (``If-None-Match: *``). The store lets exactly one creator succeed; every
 other learns from the refusal (412, or 409 for a create racing another)
-that a node is fetching that block now, and looks for the block in the
-shared bucket instead of the archive. The holder uploads the block, then
-deletes the lease, so a block later removed from the bucket (a lifecycle
-rule) is leased afresh by the next node that misses it.
+that a node is fetching in that stretch now, and waits for the blocks to
+appear in the bucket instead of fetching them. The holder fetches its
+blocks, uploads them and then deletes the lease. Because a lease is
+deleted only after the uploads, a node that wins a lease just after its
+holder finished looks its blocks up once more and finds them; nodes whose
+lookups hit take no lease at all. A lease deleted, a waiter looks once more and
+fetches what it still misses (the holder needed other blocks of the
+stretch, or could not keep them); a block later removed from the bucket (a
+lifecycle rule) is leased afresh by the next node that misses it.
 
 How long a lease is honoured is decided by each waiter alone, on its own
 clock: it looks for the block at growing intervals (:class:`WaitSchedule`)
@@ -37,6 +44,9 @@ from refmount.read.tiers.base import TierKey
 
 #: The folder of lease objects under the shared prefix (blocks live in two-hex-digit folders beside it).
 LEASE_FOLDER = "leases"
+#: Bytes of an object one lease covers (aligned): the default ``max_request``, one GET of a readahead run.
+#: Every node must use the same value, so it is not an option.
+LEASE_SPAN = 8 << 20
 #: Seconds before a waiter first looks for a leased block (a block of 1 MiB takes milliseconds on a LAN).
 FIRST_LOOK = 0.005
 #: The longest pause between two looks, so a block is picked up soon after it lands.
@@ -45,8 +55,14 @@ LONGEST_PAUSE = 0.2
 HELD_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
 
 
+def stretch_of(key: TierKey) -> TierKey:
+    """The stretch ``key``'s block lies in, named by the stretch's first block (the same on every node)."""
+    blocks = max(1, LEASE_SPAN // key.block_size)
+    return TierKey(key.url, key.version, key.block_size, key.index - key.index % blocks)
+
+
 def lease_object(base: str, key: TierKey) -> str:
-    """``BUCKET/PREFIX/leases/XY/NAME``: the lease of ``key``'s block, named like the block itself."""
+    """``BUCKET/PREFIX/leases/XY/NAME``: the lease of stretch ``key``, named like the stretch's first block."""
     name = key.name
     return f"{base}/{LEASE_FOLDER}/{name[:2]}/{name}"
 

@@ -15,7 +15,7 @@ the background on a few threads, from a queue bounded in bytes; a block
 that does not fit is dropped, and a failed upload is counted, never raised.
 
 Nodes that miss the same block at the same moment agree on which of them
-fetches it through a lease object per block (:mod:`~refmount.read.tiers.lease`):
+fetches it through lease objects (one per 8 MiB stretch of an object; :mod:`~refmount.read.tiers.lease`):
 the others wait, for at most ``lease_wait`` seconds, for the block to
 appear in the bucket, so even a fleet started at once reads the archive
 about once per block. ``lease_wait=0`` takes no leases.
@@ -47,7 +47,7 @@ from fsspec.asyn import AsyncFileSystem
 
 from refmount.errors import ConfigError
 from refmount.read.tiers.base import TierFigures, TierKey, frame, unframe
-from refmount.read.tiers.lease import WaitSchedule, held_elsewhere, lease_body, lease_object
+from refmount.read.tiers.lease import WaitSchedule, held_elsewhere, lease_body, lease_object, stretch_of
 from refmount.store.options import single_attempt
 from refmount.urls import protocol_of, redact_url
 
@@ -111,10 +111,12 @@ class SharedTier:
         self.lease_wait = lease_wait
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
         self._leases_paused_until = 0.0
-        #: Leases to delete once their block is put: this node's own, and others' it stopped waiting on.
-        self._to_clear: set[TierKey] = set()
-        #: (key, block or None for a lease deletion only, whether to delete the lease after the upload)
-        self._queue: deque[tuple[TierKey, bytes | None, bool]] = deque()
+        #: This node's leases (by stretch) and their blocks not yet uploaded, found, dropped or released.
+        self._owned: dict[TierKey, set[TierKey]] = {}
+        #: Other nodes' leases this node stopped waiting on: deleted after its own upload of a block in them.
+        self._stale: set[TierKey] = set()
+        #: A block to upload, or (a stretch, None): delete that lease.
+        self._queue: deque[tuple[TierKey, bytes | None]] = deque()
         self._queued_bytes = 0
         self._busy = 0
         self._closed = False
@@ -154,6 +156,7 @@ class SharedTier:
                 if data is not None:
                     found[key] = data
                     self._figures.add("bytes_read", len(data))
+                    self._dealt_with(key)  # one of this node's leased blocks that is there already
                     continue
                 if not again:
                     self._figures.add("corrupt")
@@ -170,53 +173,60 @@ class SharedTier:
 
     def put(self, key: TierKey, data: bytes) -> None:
         with self._changed:
-            clear = key in self._to_clear
-            self._to_clear.discard(key)
             if self._closed or self._queued_bytes + len(data) > self.queue_bytes:
                 self._figures.add("dropped")
-                if clear and not self._closed:  # the block is not kept, but its waiters need not wait on
-                    self._queue.append((key, None, True))
+                ended = self._done_locked(key)  # not kept: its waiters must not wait on for it
+                if ended is not None and not self._closed:
+                    self._queue.append((ended, None))
                     self._changed.notify()
                 return
-            self._queue.append((key, data, clear))
+            self._queue.append((key, data))
             self._queued_bytes += len(data)
             self._changed.notify()
 
     # -- LeasingTier ---------------------------------------------------------
 
     def lease_many(self, keys: Iterable[TierKey]) -> tuple[set[TierKey], dict[TierKey, bytes]]:
-        """One conditional create per key, concurrently; any failure but "exists" leaves the key to the caller.
+        """One conditional create per stretch of the keys, concurrently; any failure but "exists" leaves the
+        stretch's blocks to the caller, without a lease. Stretches this node holds already are extended.
 
-        A holder uploads its block before it deletes its lease, so a lease won
-        after the caller's lookup may be one just ended: the won blocks are
-        looked up once more, and those found are answered (their fresh leases
-        deleted) instead of being fetched a second time.
+        A holder uploads its blocks before it deletes its lease, so a lease
+        won after the caller's lookup may be one just ended: the blocks of the
+        stretches won are looked up once more, and those found are answered
+        instead of being fetched a second time.
         """
         wanted = list(keys)
         now = time.monotonic()
         if not wanted or self.lease_wait <= 0 or self._closed or now < self._paused_until \
                 or now < self._leases_paused_until:
             return set(), {}
+        groups: dict[TierKey, list[TierKey]] = {}
+        for key in wanted:
+            groups.setdefault(stretch_of(key), []).append(key)
+        with self._changed:
+            for stretch in [stretch for stretch in groups if stretch in self._owned]:
+                self._owned[stretch].update(groups.pop(stretch))
+        stretches = list(groups)
+        if not stretches:
+            return set(), {}
         try:
-            answers = fsspec.asyn.sync(self._fs.loop, self._lease_all, wanted, timeout=self.timeout + 1)
+            answers = fsspec.asyn.sync(self._fs.loop, self._lease_all, stretches, timeout=self.timeout + 1)
         except Exception as exc:  # noqa: BLE001 - the whole batch failed: every block is fetched by this node
-            answers = [exc] * len(wanted)
+            answers = [exc] * len(stretches)
         held: set[TierKey] = set()
         won: list[TierKey] = []
         failure: BaseException | None = None
-        for key, answer in zip(wanted, answers, strict=True):
-            if answer is None:
-                won.append(key)
-            elif held_elsewhere(answer):
-                held.add(key)
-            else:
-                failure = answer
-        arrived = self._lookup(won, again=True)
         with self._changed:
-            self._to_clear.update(key for key in won if key not in arrived)
-            self._queue.extend((key, None, True) for key in arrived)
-            self._changed.notify_all()
-        self._figures.add("leases_won", len(won) - len(arrived))
+            for stretch, answer in zip(stretches, answers, strict=True):
+                if answer is None:
+                    self._owned.setdefault(stretch, set()).update(groups[stretch])
+                    won.extend(groups[stretch])
+                elif held_elsewhere(answer):
+                    held.update(groups[stretch])
+                else:
+                    failure = answer
+        arrived = self._lookup(won, again=True)  # what it finds ends this node's interest in those blocks
+        self._figures.add("leases_won", sum(1 for answer in answers if answer is None))
         self._figures.add("leases_held", len(held))
         if failure is not None:
             self._figures.add("errors")
@@ -227,12 +237,13 @@ class SharedTier:
         return held, arrived
 
     def await_blocks(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
-        """Look for the blocks at growing intervals; stop waiting for one whose lease is gone without it.
+        """Look for the blocks at growing intervals; stop waiting for those whose lease is gone without them.
 
-        A holder deletes its lease after the upload, or without one when it
-        could not fetch or keep the block (its upload queue full): a block
-        still missing whose lease is gone is looked up once more (it may have
-        landed between the two looks) and is otherwise the caller's to fetch.
+        A holder deletes its lease once it has uploaded (or could not fetch,
+        or could not keep) the blocks it fetched of the stretch, which need
+        not be all the caller waits for: a block still missing whose lease is
+        gone is looked up once more (it may have landed between the two
+        looks) and is otherwise the caller's to fetch.
         """
         pending = list(keys)
         schedule = WaitSchedule(self.lease_wait, time.monotonic())
@@ -252,17 +263,13 @@ class SharedTier:
         if pending:
             self._figures.add("lease_timeouts", len(pending))
             with self._changed:
-                self._to_clear.update(pending)  # the caller fetches and puts them, which ends the leases
+                self._stale.update(stretch_of(key) for key in pending)  # cleared once the caller has put one
             log.info("shared cache: %d block(s) leased by another node did not arrive within %.1f s; fetching them "
                      "from the archive", len(pending), self.lease_wait)
 
     def release(self, keys: Iterable[TierKey]) -> None:
-        with self._changed:
-            for key in keys:
-                if key in self._to_clear and not self._closed:
-                    self._to_clear.discard(key)
-                    self._queue.append((key, None, True))
-            self._changed.notify_all()
+        for key in keys:
+            self._dealt_with(key)
 
     def figures(self) -> dict[str, int]:
         figures = self._figures.snapshot()
@@ -285,9 +292,10 @@ class SharedTier:
         self.flush(timeout)
         with self._changed:
             self._closed = True
-            left = sum(1 for _, data, _ in self._queue if data is not None)
+            left = sum(1 for _, data in self._queue if data is not None)
             self._queue.clear()
-            self._to_clear.clear()
+            self._owned.clear()
+            self._stale.clear()
             self._queued_bytes = 0
             self._changed.notify_all()
         if left:
@@ -299,7 +307,29 @@ class SharedTier:
         name = key.name
         return f"{self._base}/{name[:2]}/{name}"
 
-    async def _lease_all(self, keys: list[TierKey]) -> list[BaseException | None]:
+    def _done_locked(self, key: TierKey) -> TierKey | None:
+        """Note that ``key``'s block needs this node no more; the stretch whose lease is to be deleted now, if any."""
+        stretch = stretch_of(key)
+        if stretch in self._stale:
+            self._stale.discard(stretch)
+            return stretch
+        blocks = self._owned.get(stretch)
+        if blocks is None or key not in blocks:
+            return None
+        blocks.discard(key)
+        # Kept (empty) until the lease is deleted: a fetch in the stretch meanwhile extends it instead of
+        # meeting this node's own lease as another node's.
+        return None if blocks else stretch
+
+    def _dealt_with(self, key: TierKey) -> None:
+        """:meth:`_done_locked`, the deletion queued (for callers on the read path)."""
+        with self._changed:
+            ended = self._done_locked(key)
+            if ended is not None and not self._closed:
+                self._queue.append((ended, None))
+                self._changed.notify()
+
+    async def _lease_all(self, stretches: list[TierKey]) -> list[BaseException | None]:
         body = lease_body(self._holder, time.time())
 
         async def one(key: TierKey) -> None:
@@ -307,12 +337,14 @@ class SharedTier:
             await asyncio.wait_for(self._fs._call_s3("put_object", Bucket=self._bucket, Key=object_key, Body=body,
                                                      IfNoneMatch="*"), self.timeout)
 
-        return list(await asyncio.gather(*(one(key) for key in keys), return_exceptions=True))
+        return list(await asyncio.gather(*(one(key) for key in stretches), return_exceptions=True))
 
     def _leases_gone(self, keys: list[TierKey]) -> list[TierKey]:
-        """Those of ``keys`` whose lease object no longer exists (one HEAD each, concurrently; a failure: still there)."""
+        """Those of ``keys`` whose stretch's lease no longer exists (one HEAD per stretch, concurrently; a failure:
+        still there)."""
         if not keys:
             return []
+        stretches = list(dict.fromkeys(stretch_of(key) for key in keys))
 
         async def gone(key: TierKey) -> bool:
             _, object_key = lease_object(self._base, key).split("/", 1)
@@ -324,21 +356,29 @@ class SharedTier:
             return False
 
         async def all_gone() -> list[bool | BaseException]:
-            return list(await asyncio.gather(*(gone(key) for key in keys), return_exceptions=True))
+            return list(await asyncio.gather(*(gone(stretch) for stretch in stretches), return_exceptions=True))
 
         try:
             answers = fsspec.asyn.sync(self._fs.loop, all_gone, timeout=self.timeout + 1)
         except Exception:  # noqa: BLE001 - unknown: keep waiting, bounded by the schedule
             return []
-        return [key for key, answer in zip(keys, answers, strict=True) if answer is True]
+        ended = {stretch for stretch, answer in zip(stretches, answers, strict=True) if answer is True}
+        return [key for key in keys if stretch_of(key) in ended]
 
-    def _clear_lease(self, key: TierKey) -> None:
+    def _clear_lease(self, stretch: TierKey) -> None:
+        """Delete a lease: this node's once its blocks are dealt with (unless it was extended meanwhile), or a stale one."""
+        with self._changed:
+            if self._owned.get(stretch):
+                return
         try:
-            self._fs.rm_file(lease_object(self._base, key))
+            self._fs.rm_file(lease_object(self._base, stretch))
         except FileNotFoundError:
             pass
         except Exception:  # noqa: BLE001 - a lease left behind costs its waiters one bounded wait
             self._figures.add("errors")
+        with self._changed:
+            if stretch in self._owned and not self._owned[stretch]:
+                del self._owned[stretch]
 
     async def _fetch_all(self, keys: list[TierKey]) -> list[bytes | BaseException]:
         async def one(key: TierKey) -> bytes:
@@ -380,14 +420,18 @@ class SharedTier:
                     self._changed.wait()
                 if self._closed:
                     return
-                key, data, clear = self._queue.popleft()
+                key, data = self._queue.popleft()
                 self._queued_bytes -= len(data) if data is not None else 0
                 self._busy += 1
             try:
-                if data is not None:
-                    self._upload(key, data)
-                if clear:  # after the upload: a waiter that then finds no lease finds the block
+                if data is None:
                     self._clear_lease(key)
+                else:
+                    self._upload(key, data)
+                    with self._changed:
+                        ended = self._done_locked(key)
+                    if ended is not None:  # after the upload: a waiter that then finds no lease finds the block
+                        self._clear_lease(ended)
             finally:
                 with self._changed:
                     self._busy -= 1

@@ -8,9 +8,10 @@ reader may need (cut at another reference set's extent) is treated as
 missing.
 
 A tier shared by a fleet may also hand out fetch leases
-(:class:`~refmount.read.tiers.base.LeasingTier`): :meth:`TierStack.lease`
-says which of the blocks no tier holds another node is fetching now, and
-:meth:`TierStack.await_fleet` waits (bounded) for those to arrive.
+(:class:`~refmount.read.tiers.base.LeasingTier`): :meth:`TierStack.lookup`
+takes them for the blocks that tier misses and says which of those another
+node is fetching now; :meth:`TierStack.await_fleet` waits
+(bounded) for those to arrive.
 """
 
 from __future__ import annotations
@@ -31,18 +32,20 @@ class TierStack:
         return bool(self.tiers)
 
     def lookup(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int],
-               found: Callable[[int, bytes], None]) -> set[int]:
+               found: Callable[[int, bytes], None]) -> tuple[set[int], set[int]]:
         """Hand ``found`` each block (by index) a tier holds at least ``minimum[index]`` bytes of, as it comes.
 
-        Returns the indices found.
+        Returns the indices found, and those of the rest that another node is
+        fetching now (it holds their lease in the shared tier, taken here for
+        the blocks that tier missed): :meth:`await_fleet` waits for those.
         """
         wanted = {key: index for index, key in keys.items()}
         answered: set[int] = set()
+        held: set[TierKey] = set()
         missed_in: list[CacheTier] = []
-        for tier in self.tiers:
-            if not wanted:
-                break
-            for key, data in tier.get_many(list(wanted)):
+
+        def take(answers: Iterable[tuple[TierKey, bytes]]) -> None:
+            for key, data in answers:
                 index = wanted[key]
                 if len(data) < minimum[index]:
                     continue
@@ -51,20 +54,16 @@ class TierStack:
                 found(index, data)
                 for faster in missed_in:
                     faster.put(key, data)
+
+        for tier in self.tiers:
+            if not wanted:
+                break
+            take(tier.get_many(list(wanted)))
+            if tier is self._leasing and wanted:
+                held, arrived = self._leasing.lease_many(list(wanted))
+                take(arrived.items())
             missed_in.append(tier)
-        return answered
-
-    def lease(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int],
-              found: Callable[[int, bytes], None]) -> set[int]:
-        """Take the fetch leases of these blocks (by index); the indices another node is fetching now.
-
-        A block that reached the shared tier meanwhile is handed to ``found`` (and the faster tiers).
-        """
-        if self._leasing is None or not keys:
-            return set()
-        held, arrived = self._leasing.lease_many(keys.values())
-        self._accept(keys, minimum, found, arrived.items())
-        return {index for index, key in keys.items() if key in held}
+        return answered, {index for key, index in wanted.items() if key in held}
 
     def await_fleet(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int],
                     found: Callable[[int, bytes], None]) -> set[int]:
@@ -75,16 +74,10 @@ class TierStack:
         """
         if self._leasing is None or not keys:
             return set()
-        return self._accept(keys, minimum, found, self._leasing.await_blocks(list(keys.values())))
-
-    def _accept(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int], found: Callable[[int, bytes], None],
-                answers: Iterable[tuple[TierKey, bytes]]) -> set[int]:
-        """Hand ``found`` the shared tier's answers long enough for their readers; keep them in the faster tiers."""
-        assert self._leasing is not None
         wanted = {key: index for index, key in keys.items()}
         faster = self.tiers[: self.tiers.index(self._leasing)]
         answered: set[int] = set()
-        for key, data in answers:
+        for key, data in self._leasing.await_blocks(list(wanted)):
             index = wanted[key]
             if len(data) < minimum[index]:
                 continue
