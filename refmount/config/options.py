@@ -141,7 +141,7 @@ OPTIONS: tuple[Option, ...] = (
            "a fleet of mounts (s3://BUCKET/PREFIX; its own options as -o shared.NAME=VALUE, e.g. "
            "shared.endpoint_url; off unless given)", "URL"),
     Option("shared_cache_wait", _float, 10.0, "seconds a mount waits for a block another mount of the fleet is "
-           "fetching (it holds the block's lease in shared_cache) before fetching it itself; 0 takes no leases",
+           "fetching (it holds the fetch lease of its stretch in shared_cache) before fetching it itself; 0 takes no leases",
            "SECONDS"),
     Option("record_cache", _int, 32, "record files of a Parquet reference set kept in memory (least recently "
            "used dropped first; each costs its file size while only looked up, about 9 bytes per reference once "

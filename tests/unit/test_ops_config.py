@@ -87,3 +87,11 @@ def test_the_backend_receives_every_store_option_of_a_config_and_shares_its_defa
     )
     untouched = MountConfig("/refs/a.json", "/mnt/a")
     assert backend_options(untouched) == BackendOptions(policy=UrlPolicy(local_allowed=True))
+
+
+@pytest.mark.parametrize("value", [-1, 301])
+def test_a_shared_cache_wait_out_of_bounds_is_refused_naming_the_option_and_its_limits(value):
+    with pytest.raises(ConfigError) as failure:
+        MountConfig(source="/refs/a.json", mountpoint="/mnt/a", shared_cache="s3://fleet/cache",
+                    shared_cache_wait=value)
+    assert "option shared_cache_wait" in str(failure.value) and "between 0 and 300 seconds" in str(failure.value)

@@ -49,8 +49,8 @@ LEASE_FOLDER = "leases"
 LEASE_SPAN = 8 << 20
 #: Seconds before a waiter first looks for a leased block (a block of 1 MiB takes milliseconds on a LAN).
 FIRST_LOOK = 0.005
-#: The longest pause between two looks, so a block is picked up soon after it lands.
-LONGEST_PAUSE = 0.2
+#: The longest pause between two looks at a lease (a HEAD), so blocks are picked up soon after it ends.
+LONGEST_PAUSE = 0.1
 #: Error codes with which S3 stores refuse a conditional create because the object exists or is being created.
 HELD_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
 

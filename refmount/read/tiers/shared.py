@@ -115,6 +115,10 @@ class SharedTier:
         self._owned: dict[TierKey, set[TierKey]] = {}
         #: Other nodes' leases this node stopped waiting on: deleted after its own upload of a block in them.
         self._stale: set[TierKey] = set()
+        #: This node's leases whose DELETE is on its way: a fetch in one of them waits for it, then leases anew.
+        self._ending: set[TierKey] = set()
+        #: Stale leases to be deleted whatever this node's own claim on the stretch meanwhile.
+        self._stale_ending: set[TierKey] = set()
         #: A block to upload, or (a stretch, None): delete that lease.
         self._queue: deque[tuple[TierKey, bytes | None]] = deque()
         self._queued_bytes = 0
@@ -172,8 +176,11 @@ class SharedTier:
         return found
 
     def put(self, key: TierKey, data: bytes) -> None:
+        """Queue the upload; a block other nodes may be waiting for (under this node's lease) may use the
+        queue's bound twice over before it is dropped, since dropping it sends those nodes to the archive."""
         with self._changed:
-            if self._closed or self._queued_bytes + len(data) > self.queue_bytes:
+            bound = self.queue_bytes * (2 if stretch_of(key) in self._owned else 1)
+            if self._closed or self._queued_bytes + len(data) > bound:
                 self._figures.add("dropped")
                 ended = self._done_locked(key)  # not kept: its waiters must not wait on for it
                 if ended is not None and not self._closed:
@@ -204,8 +211,15 @@ class SharedTier:
         for key in wanted:
             groups.setdefault(stretch_of(key), []).append(key)
         with self._changed:
+            deadline = time.monotonic() + self.timeout
+            while any(stretch in self._ending for stretch in groups) and time.monotonic() < deadline:
+                self._changed.wait(deadline - time.monotonic())
             for stretch in [stretch for stretch in groups if stretch in self._owned]:
                 self._owned[stretch].update(groups.pop(stretch))
+            # Marked as this node's before the request, so a concurrent fetch of this node in the same
+            # stretch (a reader and its readahead) extends it instead of meeting it as another node's.
+            for stretch, blocks in groups.items():
+                self._owned[stretch] = set(blocks)
         stretches = list(groups)
         if not stretches:
             return set(), {}
@@ -219,9 +233,10 @@ class SharedTier:
         with self._changed:
             for stretch, answer in zip(stretches, answers, strict=True):
                 if answer is None:
-                    self._owned.setdefault(stretch, set()).update(groups[stretch])
                     won.extend(groups[stretch])
-                elif held_elsewhere(answer):
+                    continue
+                self._owned.pop(stretch, None)  # not this node's after all
+                if held_elsewhere(answer):
                     held.update(groups[stretch])
                 else:
                     failure = answer
@@ -237,29 +252,33 @@ class SharedTier:
         return held, arrived
 
     def await_blocks(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
-        """Look for the blocks at growing intervals; stop waiting for those whose lease is gone without them.
+        """Watch the leases at growing intervals (one HEAD per stretch); when one is gone, look its blocks up.
 
         A holder deletes its lease once it has uploaded (or could not fetch,
         or could not keep) the blocks it fetched of the stretch, which need
-        not be all the caller waits for: a block still missing whose lease is
-        gone is looked up once more (it may have landed between the two
-        looks) and is otherwise the caller's to fetch.
+        not be all the caller waits for: the blocks the lookup then misses are
+        leased anew, so that again one node fetches them; those this node wins
+        are the caller's to fetch, the others are waited for in turn. At the
+        end of the wait the blocks still pending are looked up once more, and
+        what is missing then is fetched by the caller, without a lease.
         """
         pending = list(keys)
         schedule = WaitSchedule(self.lease_wait, time.monotonic())
         while pending:
             pause = schedule.pause(time.monotonic())
             if pause is None:
+                found = self._lookup(pending, again=True)
+                yield from found.items()
+                pending = [key for key in pending if key not in found]
                 break
             time.sleep(pause)
-            found = self._lookup(pending, again=True)
-            yield from found.items()
-            pending = [key for key in pending if key not in found]
             ended = self._leases_gone(pending)
             if ended:
                 found = self._lookup(ended, again=True)
                 yield from found.items()
-                pending = [key for key in pending if key not in ended]
+                held, arrived = self.lease_many([key for key in ended if key not in found])
+                yield from arrived.items()
+                pending = [key for key in pending if key not in ended or key in held]
         if pending:
             self._figures.add("lease_timeouts", len(pending))
             with self._changed:
@@ -312,6 +331,7 @@ class SharedTier:
         stretch = stretch_of(key)
         if stretch in self._stale:
             self._stale.discard(stretch)
+            self._stale_ending.add(stretch)
             return stretch
         blocks = self._owned.get(stretch)
         if blocks is None or key not in blocks:
@@ -368,17 +388,23 @@ class SharedTier:
     def _clear_lease(self, stretch: TierKey) -> None:
         """Delete a lease: this node's once its blocks are dealt with (unless it was extended meanwhile), or a stale one."""
         with self._changed:
-            if self._owned.get(stretch):
+            stale = stretch in self._stale_ending
+            self._stale_ending.discard(stretch)
+            if self._owned.get(stretch) and not stale:
                 return
+            self._ending.add(stretch)
         try:
             self._fs.rm_file(lease_object(self._base, stretch))
         except FileNotFoundError:
             pass
         except Exception:  # noqa: BLE001 - a lease left behind costs its waiters one bounded wait
             self._figures.add("errors")
-        with self._changed:
-            if stretch in self._owned and not self._owned[stretch]:
-                del self._owned[stretch]
+        finally:
+            with self._changed:
+                self._ending.discard(stretch)
+                if stretch in self._owned and not self._owned[stretch]:
+                    del self._owned[stretch]
+                self._changed.notify_all()
 
     async def _fetch_all(self, keys: list[TierKey]) -> list[bytes | BaseException]:
         async def one(key: TierKey) -> bytes:
