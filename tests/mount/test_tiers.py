@@ -184,15 +184,12 @@ def test_four_nodes_read_the_archive_once_through_the_shared_cache(local_s3, arc
             assert other["shared_cache_bytes_written"] == 0
         shared_served = shared_proxy.counts()
         assert all(path.startswith(f"/{shared_bucket}/fleet/") for path in shared_served["by_path"])
-        # One GET per block and node (a miss costs no listing) and one PUT per block for the fleet; the first node
-        # also took fetch leases (one object for the 8 MiB stretch the blocks lie in, taken again after each
-        # deletion), each a PUT, a second look at the block just leased (GET) and a DELETE once its blocks were
-        # up (one more when a read extended the lease while it was being deleted). Nodes whose lookups hit take none.
-        leases = figures[0]["shared_cache_leases_won"]
-        assert 1 <= leases <= len(KEYS) and all(other["shared_cache_leases_won"] == 0 for other in figures[1:])
-        served_by = shared_served["by_method"]
-        assert (served_by["GET"], served_by["PUT"]) == (4 * len(KEYS) + leases, len(KEYS) + leases), served_by
-        assert leases <= served_by["DELETE"] <= len(KEYS) and set(served_by) == {"GET", "PUT", "DELETE"}
+        # One GET per block and node (a miss costs no listing) and one PUT per block for the fleet. Before each
+        # lookup a node takes the fetch lease of the 8 MiB stretch the blocks lie in (one object, taken again after
+        # each deletion): a PUT, and a DELETE once its blocks are up or found.
+        leases = sum(f["shared_cache_leases_won"] for f in figures)
+        assert len(mounts) <= leases <= len(mounts) * len(KEYS)
+        assert shared_served["by_method"] == {"GET": 4 * len(KEYS), "PUT": len(KEYS) + leases, "DELETE": leases}
         assert _leases(local_s3, shared_bucket) == [], "every lease is deleted"
         assert _data_gets(proxy, archive_bucket) == len(KEYS)
 

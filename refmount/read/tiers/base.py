@@ -157,13 +157,14 @@ class LeasingTier(CacheTier, Protocol):
     tier's bounded wait, never fail it.
     """
 
-    def lease_many(self, keys: Iterable[TierKey]) -> tuple[set[TierKey], dict[TierKey, bytes]]:
-        """Take the fetch leases of blocks a lookup missed: the keys another node holds now, and the blocks
-        that reached the tier since that lookup (their holder had just finished).
+    def lease_many(self, keys: Iterable[TierKey]) -> set[TierKey]:
+        """Take the fetch leases of blocks about to be looked up in this tier: the keys another node holds now.
 
-        The caller waits for the first (:meth:`await_blocks`); the rest it
-        fetches and puts (or calls :meth:`release` if it could not), which
-        ends its leases.
+        Leasing before the lookup is what makes a lease exact: a holder ends
+        its lease only after its uploads, so a lookup made under a lease just
+        won finds them. The caller waits for the keys returned that its
+        lookup misses (:meth:`await_blocks`); the other misses it fetches and
+        puts (or calls :meth:`release` if it could not), which ends its leases.
         """
         ...
 

@@ -2,21 +2,23 @@
 
 Without them, nodes that miss the same block at the same moment each fetch
 it: a job started on every node at once reads the archive once per node,
-however the shared tier is filled afterwards. For the blocks its lookup in
-the shared bucket missed, a node creates a small lease object for each
-*stretch* they lie in (:data:`LEASE_SPAN` bytes of the object, aligned, so one
+however the shared tier is filled afterwards. Before it looks blocks up in
+the shared bucket, a node creates a small lease object for each *stretch*
+they lie in (:data:`LEASE_SPAN` bytes of the object, aligned, so one
 readahead run takes one lease) with a conditional PUT
 (``If-None-Match: *``). The store lets exactly one creator succeed; every
 other learns from the refusal (412, or 409 for a create racing another)
-that a node is fetching in that stretch now, and waits for the blocks to
-appear in the bucket instead of fetching them. The holder fetches its
-blocks, uploads them and then deletes the lease. Because a lease is
-deleted only after the uploads, a node that wins a lease just after its
-holder finished looks its blocks up once more and finds them; nodes whose
-lookups hit take no lease at all. A lease deleted, a waiter looks once more and
-fetches what it still misses (the holder needed other blocks of the
-stretch, or could not keep them); a block later removed from the bucket (a
-lifecycle rule) is leased afresh by the next node that misses it.
+that a node is fetching in that stretch now, and waits for the blocks its
+lookup missed to appear in the bucket instead of fetching them. The holder
+fetches the blocks its lookup missed, uploads them and then deletes the
+lease. Leasing before the lookup is what makes the lease exact: a lease is
+deleted only after its holder's uploads, so a node that wins it afterwards
+finds those blocks in its lookup. When a lease is gone, a waiter leases the
+blocks it still misses anew and looks them up (the holder needed other
+blocks of the stretch, or could not keep them), so again one node fetches
+each; a block later removed from the bucket (a lifecycle rule) is leased
+afresh by the next node that misses it. Per stretch a node reads, a lease
+costs a PUT and a DELETE, whether its lookups hit or miss.
 
 How long a lease is honoured is decided by each waiter alone, on its own
 clock: it looks for the block at growing intervals (:class:`WaitSchedule`)

@@ -193,20 +193,14 @@ class SharedTier:
 
     # -- LeasingTier ---------------------------------------------------------
 
-    def lease_many(self, keys: Iterable[TierKey]) -> tuple[set[TierKey], dict[TierKey, bytes]]:
+    def lease_many(self, keys: Iterable[TierKey]) -> set[TierKey]:
         """One conditional create per stretch of the keys, concurrently; any failure but "exists" leaves the
-        stretch's blocks to the caller, without a lease. Stretches this node holds already are extended.
-
-        A holder uploads its blocks before it deletes its lease, so a lease
-        won after the caller's lookup may be one just ended: the blocks of the
-        stretches won are looked up once more, and those found are answered
-        instead of being fetched a second time.
-        """
+        stretch's blocks to the caller, without a lease. Stretches this node holds already are extended."""
         wanted = list(keys)
         now = time.monotonic()
         if not wanted or self.lease_wait <= 0 or self._closed or now < self._paused_until \
                 or now < self._leases_paused_until:
-            return set(), {}
+            return set()
         groups: dict[TierKey, list[TierKey]] = {}
         for key in wanted:
             groups.setdefault(stretch_of(key), []).append(key)
@@ -222,25 +216,22 @@ class SharedTier:
                 self._owned[stretch] = set(blocks)
         stretches = list(groups)
         if not stretches:
-            return set(), {}
+            return set()
         try:
             answers = fsspec.asyn.sync(self._fs.loop, self._lease_all, stretches, timeout=self.timeout + 1)
         except Exception as exc:  # noqa: BLE001 - the whole batch failed: every block is fetched by this node
             answers = [exc] * len(stretches)
         held: set[TierKey] = set()
-        won: list[TierKey] = []
         failure: BaseException | None = None
         with self._changed:
             for stretch, answer in zip(stretches, answers, strict=True):
                 if answer is None:
-                    won.extend(groups[stretch])
                     continue
                 self._owned.pop(stretch, None)  # not this node's after all
                 if held_elsewhere(answer):
                     held.update(groups[stretch])
                 else:
                     failure = answer
-        arrived = self._lookup(won, again=True)  # what it finds ends this node's interest in those blocks
         self._figures.add("leases_won", sum(1 for answer in answers if answer is None))
         self._figures.add("leases_held", len(held))
         if failure is not None:
@@ -249,16 +240,17 @@ class SharedTier:
             log.warning("shared cache %s: cannot take fetch leases (%s); fetching without them for the next %.0f s",
                         redact_url(self.url), type(failure).__name__ if not str(failure) else failure,
                         PAUSE_AFTER_FAILURE)
-        return held, arrived
+        return held
 
     def await_blocks(self, keys: Iterable[TierKey]) -> Iterator[tuple[TierKey, bytes]]:
         """Watch the leases at growing intervals (one HEAD per stretch); when one is gone, look its blocks up.
 
         A holder deletes its lease once it has uploaded (or could not fetch,
         or could not keep) the blocks it fetched of the stretch, which need
-        not be all the caller waits for: the blocks the lookup then misses are
-        leased anew, so that again one node fetches them; those this node wins
-        are the caller's to fetch, the others are waited for in turn. At the
+        not be all the caller waits for: the blocks still pending are then
+        leased anew and looked up, so that again one node fetches those
+        missing; those this node wins are the caller's to fetch, the others
+        are waited for in turn. At the
         end of the wait the blocks still pending are looked up once more, and
         what is missing then is fetched by the caller, without a lease.
         """
@@ -274,11 +266,10 @@ class SharedTier:
             time.sleep(pause)
             ended = self._leases_gone(pending)
             if ended:
+                held = self.lease_many(ended)
                 found = self._lookup(ended, again=True)
                 yield from found.items()
-                held, arrived = self.lease_many([key for key in ended if key not in found])
-                yield from arrived.items()
-                pending = [key for key in pending if key not in ended or key in held]
+                pending = [key for key in pending if key not in found and (key not in ended or key in held)]
         if pending:
             self._figures.add("lease_timeouts", len(pending))
             with self._changed:

@@ -9,8 +9,8 @@ missing.
 
 A tier shared by a fleet may also hand out fetch leases
 (:class:`~refmount.read.tiers.base.LeasingTier`): :meth:`TierStack.lookup`
-takes them for the blocks that tier misses and says which of those another
-node is fetching now; :meth:`TierStack.await_fleet` waits
+takes them just before asking that tier and says which of the blocks it
+misses another node is fetching now; :meth:`TierStack.await_fleet` waits
 (bounded) for those to arrive.
 """
 
@@ -36,8 +36,8 @@ class TierStack:
         """Hand ``found`` each block (by index) a tier holds at least ``minimum[index]`` bytes of, as it comes.
 
         Returns the indices found, and those of the rest that another node is
-        fetching now (it holds their lease in the shared tier, taken here for
-        the blocks that tier missed): :meth:`await_fleet` waits for those.
+        fetching now (it holds their lease in the shared tier, taken here just
+        before that tier is asked): :meth:`await_fleet` waits for those.
         """
         wanted = {key: index for index, key in keys.items()}
         answered: set[int] = set()
@@ -58,10 +58,9 @@ class TierStack:
         for tier in self.tiers:
             if not wanted:
                 break
+            if tier is self._leasing:
+                held = self._leasing.lease_many(list(wanted))
             take(tier.get_many(list(wanted)))
-            if tier is self._leasing and wanted:
-                held, arrived = self._leasing.lease_many(list(wanted))
-                take(arrived.items())
             missed_in.append(tier)
         return answered, {index for key, index in wanted.items() if key in held}
 
