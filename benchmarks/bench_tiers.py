@@ -166,8 +166,8 @@ def main() -> None:
 
         # 2. Fleets sharing one bucket.
         print("\n| nodes | order | archive bytes per node | archive / dataset | shared GETs | shared bytes out "
-              "| leases taken / waited on / timed out | slowest node |")
-        print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+              "| leases taken / waited on / timed out | uploads dropped | slowest node |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for nodes in (1, 2, 4):
             for order in ("one after another", "all at once", "all at once, no leases"):
                 prefix = f"s3://{shared_bucket}/{nodes}-{uuid.uuid4().hex[:8]}"
@@ -195,7 +195,8 @@ def main() -> None:
                                   for name in ("leases_won", "leases_held", "lease_timeouts"))
                 print(f"| {nodes} | {order} | {served['bytes_sent'] / nodes / 2**20:.1f} MiB | "
                       f"{served['bytes_sent'] / size:.2f}x | {from_shared['gets']} | "
-                      f"{from_shared['bytes_sent'] / 2**20:.1f} MiB | {leases} | {max(seconds):.2f} s |")
+                      f"{from_shared['bytes_sent'] / 2**20:.1f} MiB | {leases} | "
+                      f"{sum(f.get('shared_cache_dropped', 0) for f in figures)} | {max(seconds):.2f} s |")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
