@@ -15,10 +15,11 @@ the background on a few threads, from a queue bounded in bytes; a block
 that does not fit is dropped, and a failed upload is counted, never raised.
 
 Nodes that miss the same block at the same moment agree on which of them
-fetches it through lease objects (one per 8 MiB stretch of an object; :mod:`~refmount.read.tiers.lease`):
-the others wait, for at most ``lease_wait`` seconds, for the block to
-appear in the bucket, so even a fleet started at once reads the archive
-about once per block. ``lease_wait=0`` takes no leases.
+fetches it through lease objects, one per 8 MiB stretch of an object
+(:mod:`~refmount.read.tiers.lease`): the others wait, for at most
+``lease_wait`` seconds, for the block to appear in the bucket, so even a
+fleet started at once reads the archive about once per block.
+``lease_wait=0`` takes no leases.
 
 Each object is framed and checksummed like a disk block
 (:func:`~refmount.read.tiers.base.frame`); one that does not verify is
@@ -250,9 +251,9 @@ class SharedTier:
         not be all the caller waits for: the blocks still pending are then
         leased anew and looked up, so that again one node fetches those
         missing; those this node wins are the caller's to fetch, the others
-        are waited for in turn. At the
-        end of the wait the blocks still pending are looked up once more, and
-        what is missing then is fetched by the caller, without a lease.
+        are waited for in turn. At the end of the wait the blocks still
+        pending are looked up once more, and what is missing then is fetched
+        by the caller, without a lease.
         """
         pending = list(keys)
         schedule = WaitSchedule(self.lease_wait, time.monotonic())
