@@ -19,7 +19,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from refmount.errors import InvalidReferences, NotFound
@@ -167,6 +167,7 @@ def test_a_row_pointing_at_a_negative_offset_is_refused_naming_file_column_and_r
 
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=64), st.integers(0, 4000))
+@example(b"\x01", 14)  # a dictionary page header whose value count turns negative
 def test_damaged_pages_are_unsupported_not_misread(noise, where):
     """Bytes overwritten anywhere in a file: the page reader answers as the whole decode, or says it cannot."""
     sink = io.BytesIO()

@@ -107,6 +107,8 @@ class Column:
                 raise Unsupported("dictionary page out of place")
             if fields.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY) or not isinstance(fields.get(1), int):
                 raise Unsupported("dictionary page encoding")
+            if fields[1] < 0:
+                raise Unsupported(f"dictionary page of {fields[1]} values")
             self.dictionary = _Page(0, fields[1], body, compressed, uncompressed, _PLAIN)
         elif kind == _DATA_PAGE:
             fields = header.get(5)
