@@ -56,6 +56,9 @@ log = logging.getLogger("refmount.cache.shared")
 
 #: Seconds the tier is skipped after a lookup failed for another reason than a missing object.
 PAUSE_AFTER_FAILURE = 30.0
+#: Upload threads: with 4, a node reading 256 MiB at full speed dropped 43-133 uploads (its queue full), each
+#: later fetched from the archive again by a waiting node; with 8, none (bench_tiers, docs/benchmarks.md).
+UPLOAD_THREADS = 8
 #: Seconds a node waits, by default, for a block another node holds the fetch lease of.
 LEASE_WAIT = 10.0
 #: The counters only this tier keeps: leases taken, blocks waited for, waits that ran out.
@@ -97,7 +100,7 @@ class SharedTier:
     name = "shared"
 
     def __init__(self, url: str, storage_options: Mapping[str, Any], *, timeout: float = 10.0,
-                 queue_bytes: int = 32 << 20, writers: int = 4, lease_wait: float = LEASE_WAIT) -> None:
+                 queue_bytes: int = 32 << 20, writers: int = UPLOAD_THREADS, lease_wait: float = LEASE_WAIT) -> None:
         bucket, prefix = split_shared_url(url)
         self.url = url
         self._bucket = bucket
