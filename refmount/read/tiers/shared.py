@@ -117,12 +117,11 @@ class SharedTier:
         self._leases_paused_until = 0.0
         #: This node's leases (by stretch) and their blocks not yet uploaded, found, dropped or released.
         self._owned: dict[TierKey, set[TierKey]] = {}
-        #: Other nodes' leases this node stopped waiting on: deleted after its own upload of a block in them.
+        #: Other nodes' leases this node stopped waiting on: deleted after its own upload of a block in them,
+        #: whatever this node's own claim on the stretch meanwhile.
         self._stale: set[TierKey] = set()
         #: This node's leases whose DELETE is on its way: a fetch in one of them waits for it, then leases anew.
         self._ending: set[TierKey] = set()
-        #: Stale leases to be deleted whatever this node's own claim on the stretch meanwhile.
-        self._stale_ending: set[TierKey] = set()
         #: A block to upload, or (a stretch, None): delete that lease.
         self._queue: deque[tuple[TierKey, bytes | None]] = deque()
         self._queued_bytes = 0
@@ -145,7 +144,7 @@ class SharedTier:
 
     def _lookup(self, wanted: list[TierKey], *, again: bool = False) -> dict[TierKey, bytes]:
         """The blocks of ``wanted`` that are stored and verify. ``again``: a further look at blocks looked up
-        before (a lease re-check, a waiter's poll), whose misses and damaged objects were counted and logged then."""
+        before (by a node that waited on their lease), whose misses and damaged objects were counted and logged then."""
         if not wanted:
             return {}
         if self._closed or time.monotonic() < self._paused_until:
@@ -324,9 +323,7 @@ class SharedTier:
     def _done_locked(self, key: TierKey) -> TierKey | None:
         """Note that ``key``'s block needs this node no more; the stretch whose lease is to be deleted now, if any."""
         stretch = stretch_of(key)
-        if stretch in self._stale:
-            self._stale.discard(stretch)
-            self._stale_ending.add(stretch)
+        if stretch in self._stale:  # left in it until the deletion runs (:meth:`_clear_lease`)
             return stretch
         blocks = self._owned.get(stretch)
         if blocks is None or key not in blocks:
@@ -383,8 +380,8 @@ class SharedTier:
     def _clear_lease(self, stretch: TierKey) -> None:
         """Delete a lease: this node's once its blocks are dealt with (unless it was extended meanwhile), or a stale one."""
         with self._changed:
-            stale = stretch in self._stale_ending
-            self._stale_ending.discard(stretch)
+            stale = stretch in self._stale
+            self._stale.discard(stretch)
             if self._owned.get(stretch) and not stale:
                 return
             self._ending.add(stretch)

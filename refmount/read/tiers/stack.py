@@ -42,26 +42,12 @@ class TierStack:
         wanted = {key: index for index, key in keys.items()}
         answered: set[int] = set()
         held: set[TierKey] = set()
-        missed_in: list[CacheTier] = []
-
-        def take(answers: Iterable[tuple[TierKey, bytes]]) -> None:
-            for key, data in answers:
-                index = wanted[key]
-                if len(data) < minimum[index]:
-                    continue
-                del wanted[key]
-                answered.add(index)
-                found(index, data)
-                for faster in missed_in:
-                    faster.put(key, data)
-
-        for tier in self.tiers:
+        for position, tier in enumerate(self.tiers):
             if not wanted:
                 break
             if tier is self._leasing:
                 held = self._leasing.lease_many(list(wanted))
-            take(tier.get_many(list(wanted)))
-            missed_in.append(tier)
+            answered |= self._hand_over(tier.get_many(list(wanted)), wanted, minimum, found, self.tiers[:position])
         return answered, {index for key, index in wanted.items() if key in held}
 
     def await_fleet(self, keys: Mapping[int, TierKey], minimum: Mapping[int, int],
@@ -75,11 +61,19 @@ class TierStack:
             return set()
         wanted = {key: index for index, key in keys.items()}
         faster = self.tiers[: self.tiers.index(self._leasing)]
+        return self._hand_over(self._leasing.await_blocks(list(wanted)), wanted, minimum, found, faster)
+
+    @staticmethod
+    def _hand_over(answers: Iterable[tuple[TierKey, bytes]], wanted: dict[TierKey, int], minimum: Mapping[int, int],
+                   found: Callable[[int, bytes], None], faster: Sequence[CacheTier]) -> set[int]:
+        """Hand ``found`` the answers long enough for their readers (taken out of ``wanted``), and keep them in the
+        faster tiers, which missed them; the indices handed over."""
         answered: set[int] = set()
-        for key, data in self._leasing.await_blocks(list(wanted)):
+        for key, data in answers:
             index = wanted[key]
             if len(data) < minimum[index]:
                 continue
+            del wanted[key]
             answered.add(index)
             found(index, data)
             for tier in faster:
